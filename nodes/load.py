@@ -131,3 +131,4 @@ class LoadAdapter(io.ComfyNode):
             return io.NodeOutput(new_model, new_clip, text, ui={"text": [text]})
 
         return run_guarded(work)
+NODES = [LoadAdapter]

@@ -42,10 +42,12 @@ if ! done_marker comfy-reqs; then
   mark comfy-reqs
 fi
 
-if ! done_marker dev-v1; then
-  step "installing test tools (pytest, ruff, lycoris-lora, peft, hypothesis)"
-  pipi pytest==9.* ruff lycoris-lora==4.1.3 peft hypothesis toml
-  mark dev-v1
+DEV_REQS="$ROOT/scripts/dev-requirements.txt"
+DEV_HASH="$(sha256sum "$DEV_REQS" | cut -c1-16)"
+if ! done_marker "dev-$DEV_HASH"; then
+  step "installing test tools from scripts/dev-requirements.txt"
+  pipi -r "$DEV_REQS"
+  mark "dev-$DEV_HASH"
 fi
 
 # Make the engine importable as `hadakron` (the repo root is the package).

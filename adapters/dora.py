@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-EPS = 1e-12
-
 
 def apply(
     weight: torch.Tensor, scaled_delta: torch.Tensor, magnitude: torch.Tensor, strength: float, kind: str = "lycoris"
@@ -33,8 +31,6 @@ def apply(
 
 
 def _norm(w: torch.Tensor, output_axis: bool) -> torch.Tensor:
-    if output_axis:
-        dims = tuple(range(1, w.dim()))
-        return w.norm(dim=dims, keepdim=True).clamp_min(EPS)
-    dims = (0, *range(2, w.dim()))
-    return w.norm(dim=dims, keepdim=True).clamp_min(EPS)
+    # LyCORIS adds the dtype's eps to the norm; doing the same keeps results bit-for-bit comparable.
+    dims = tuple(range(1, w.dim())) if output_axis else (0, *range(2, w.dim()))
+    return w.norm(dim=dims, keepdim=True) + torch.finfo(w.dtype).eps

@@ -134,7 +134,8 @@ class FullWeights:
 
     def out_in(self) -> tuple[int, int | None]:
         shape = self.tensor.shape
-        return int(shape[0]), (int(shape[1]) if len(shape) > 1 else None)
+        rows = int(shape[0]) if len(shape) else 1
+        return rows, (int(shape[1]) if len(shape) > 1 else None)
 
 
 Weights = LoRAWeights | LoHaWeights | LoKrWeights | FullWeights

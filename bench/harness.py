@@ -105,8 +105,14 @@ class Bench:
     ratios: list[Ratio] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def time(self, label: str, fn: Callable[[], object], repeat: int = 5, warmup: int = 1,
-             setup: Callable[[], object] | None = None) -> Timing:
+    def time(
+        self,
+        label: str,
+        fn: Callable[[], object],
+        repeat: int = 5,
+        warmup: int = 1,
+        setup: Callable[[], object] | None = None,
+    ) -> Timing:
         """Run ``fn`` ``warmup + repeat`` times (``setup`` before each, untimed) and keep the timings."""
         runs = []
         for index in range(warmup + repeat):
@@ -124,8 +130,9 @@ class Bench:
         self.timings.append(timing)
         return timing
 
-    def ratio(self, name: str, ours: Timing, reference: Timing, target: float | None = None,
-              higher_is_better: bool = False) -> Ratio:
+    def ratio(
+        self, name: str, ours: Timing, reference: Timing, target: float | None = None, higher_is_better: bool = False
+    ) -> Ratio:
         """Record ``ours / reference`` (or its inverse when ``higher_is_better``, e.g. a speed-up)."""
         ratio = Ratio(name, ours, reference, target, higher_is_better)
         self.ratios.append(ratio)
@@ -133,8 +140,12 @@ class Bench:
 
     def markdown(self) -> str:
         """Results as a markdown section (machine, ratios with targets, raw medians)."""
-        lines = [f"## {self.title}", "", "| measure | ratio | target | met | ours median (min–max) s | "
-                 "reference median (min–max) s |", "|---|---|---|---|---|---|"]
+        lines = [
+            f"## {self.title}",
+            "",
+            "| measure | ratio | target | met | ours median (min–max) s | reference median (min–max) s |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in self.ratios:
             target = "" if r.target is None else (f">= {r.target:g}" if r.higher_is_better else f"<= {r.target:g}")
             met = "" if r.met is None else ("yes" if r.met else "**NO**")
@@ -143,9 +154,24 @@ class Bench:
         return "\n".join(lines)
 
     def to_json(self) -> str:
-        return json.dumps({"title": self.title, "machine": machine_info(), "ratios": [
-            {"name": r.name, "ratio": r.value, "target": r.target, "met": r.met,
-             "ours": r.ours.runs, "reference": r.reference.runs} for r in self.ratios]}, indent=2)
+        return json.dumps(
+            {
+                "title": self.title,
+                "machine": machine_info(),
+                "ratios": [
+                    {
+                        "name": r.name,
+                        "ratio": r.value,
+                        "target": r.target,
+                        "met": r.met,
+                        "ours": r.ours.runs,
+                        "reference": r.reference.runs,
+                    }
+                    for r in self.ratios
+                ],
+            },
+            indent=2,
+        )
 
 
 def machine_markdown() -> str:

@@ -34,13 +34,16 @@ def demo_adapter(path: Path, gen: torch.Generator) -> Path:
     """A hybrid file: LoKr (musubi names), LoRA (diffusers names) and one module nobody has."""
     lokr = init_lokr(128, 128, rank=4, generator=gen)
     lokr.w2b = torch.randn(lokr.w2b.shape, generator=gen) * 0.1  # a "trained" adapter: ΔW ≠ 0
-    tensors = {"lora_unet_blocks_0_self_attn_q.lokr_w1": lokr.w1, "lora_unet_blocks_0_self_attn_q.lokr_w2_a": lokr.w2a,
-               "lora_unet_blocks_0_self_attn_q.lokr_w2_b": lokr.w2b,
-               "lora_unet_blocks_0_self_attn_q.alpha": torch.tensor(2.0),
-               "transformer.blocks.1.attn1.to_k.lora_A.weight": torch.randn(4, 128, generator=gen) * 0.1,
-               "transformer.blocks.1.attn1.to_k.lora_B.weight": torch.randn(128, 4, generator=gen) * 0.1,
-               "lora_unet_blocks_9_ffn_0.lora_down.weight": torch.randn(4, 128, generator=gen),
-               "lora_unet_blocks_9_ffn_0.lora_up.weight": torch.randn(256, 4, generator=gen)}
+    tensors = {
+        "lora_unet_blocks_0_self_attn_q.lokr_w1": lokr.w1,
+        "lora_unet_blocks_0_self_attn_q.lokr_w2_a": lokr.w2a,
+        "lora_unet_blocks_0_self_attn_q.lokr_w2_b": lokr.w2b,
+        "lora_unet_blocks_0_self_attn_q.alpha": torch.tensor(2.0),
+        "transformer.blocks.1.attn1.to_k.lora_A.weight": torch.randn(4, 128, generator=gen) * 0.1,
+        "transformer.blocks.1.attn1.to_k.lora_B.weight": torch.randn(128, 4, generator=gen) * 0.1,
+        "lora_unet_blocks_9_ffn_0.lora_down.weight": torch.randn(4, 128, generator=gen),
+        "lora_unet_blocks_9_ffn_0.lora_up.weight": torch.randn(256, 4, generator=gen),
+    }
     return save_tensor_file(tensors, path, {"ss_network_module": "networks.lokr"}, overwrite=True)
 
 

@@ -50,6 +50,22 @@ if ! done_marker "dev-$DEV_HASH"; then
   mark "dev-$DEV_HASH"
 fi
 
+# Browser tooling for the UI tests (only with --browser): Debian's Chromium + playwright-core from npm.
+if [[ " $* " == *" --browser "* ]]; then
+  if [[ ! -x /usr/bin/chromium ]]; then
+    step "installing Debian's chromium (browser tests)"
+    if [[ "$(id -u)" == "0" ]]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+      step "not root: install chromium yourself (apt-get install chromium); browser tests will be skipped"
+    fi
+  fi
+  if [[ ! -f "$ROOT/node_modules/playwright-core/package.json" ]]; then
+    step "installing playwright-core (npm, no browser download)"
+    (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+fi
+
 # Make the engine importable as `hadakron` (the repo root is the package).
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 ln -sfn "$ROOT" "$SITE/hadakron"

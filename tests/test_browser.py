@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from comfy_server import comfy_server
 
+from comfy_server import comfy_server
 from hadakron.common.tensor_files import save_tensor_file
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]

@@ -149,7 +149,7 @@ class Bench:
         for r in self.ratios:
             target = "" if r.target is None else (f">= {r.target:g}" if r.higher_is_better else f"<= {r.target:g}")
             met = "" if r.met is None else ("yes" if r.met else "**NO**")
-            lines.append(f"| {r.name} | {r.value:.3f} | {target} | {met} | {_fmt(r.ours)} | {_fmt(r.reference)} |")
+            lines.append(f"| {r.name} | {r.value:.4g} | {target} | {met} | {_fmt(r.ours)} | {_fmt(r.reference)} |")
         lines += ["", *[f"- {n}" for n in self.notes]]
         return "\n".join(lines)
 

@@ -65,3 +65,7 @@ class OptionalDependencyError(HadaKronError):
 
 class UnsupportedError(HadaKronError):
     """A valid input HadaKron cannot handle (e.g. a quantised weight format for baking)."""
+
+
+class DatasetError(HadaKronError):
+    """A training dataset cannot be built (empty or unreadable folder, bad config, nothing usable)."""

@@ -21,11 +21,18 @@ class TrainingItem:
 
     Attributes:
         latent: VAE latent without batch dim: ``(C, H, W)`` for images, ``(C, F, H, W)`` for videos.
+            Exactly what the VAE returns minus the batch dim, so an image through a video VAE
+            (WAN, Qwen-Image, HunyuanVideo) is ``(C, 1, H, W)``. Raw VAE space (not
+            ``process_latent_in``-normalised), fp32 on CPU.
         conditioning: ComfyUI CONDITIONING for the caption (``None`` until encoded).
         caption: the caption text (after defaults/trigger word were applied).
         source: the file it came from (relative to the dataset root) and, for clips, the frame range.
         repeats: how often the item appears per epoch (kohya ``N_name`` folders × num_repeats).
         control_latents: encoded control images for edit families (Kontext, Qwen-Image-Edit).
+        frames: pixel frames of the clip (1 for images).
+        frame_start: first frame of the clip in the (fps-adjusted) video.
+        pixel_size: ``(width, height)`` of the bucket the pixels were resized/cropped to.
+        media: ``"image"`` or ``"video"`` (``""`` when unknown, e.g. native latent lists).
     """
 
     latent: torch.Tensor
@@ -34,6 +41,10 @@ class TrainingItem:
     source: str = ""
     repeats: int = 1
     control_latents: list[torch.Tensor] = field(default_factory=list)
+    frames: int = 1
+    frame_start: int = 0
+    pixel_size: tuple[int, int] | None = None
+    media: str = ""
 
     @property
     def bucket(self) -> tuple[int, ...]:
@@ -51,7 +62,9 @@ class AdapterDataset:
         encode_caption: callback that encodes a caption variant at training time (tag shuffle);
             ``None`` when no CLIP was given.
         skipped: ``(file, reason)`` for every file that could not be used.
-        cache_stats: e.g. ``{"encoded": 3, "cached": 10}``.
+        cache_stats: e.g. ``{"encoded": 3, "cached": 10}`` (source files); ``text_encoded`` /
+            ``text_cached`` count captions, ``musubi`` files taken from a musubi cache.
+        notes: ``(file, message)`` for files used with a caveat (caption encoding, short videos …).
     """
 
     items: list[TrainingItem]
@@ -59,6 +72,7 @@ class AdapterDataset:
     encode_caption: Callable[[str], list] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     cache_stats: dict[str, int] = field(default_factory=dict)
+    notes: list[tuple[str, str]] = field(default_factory=list)
 
     def buckets(self) -> Counter:
         """How many items (with repeats) fall into each latent-shape bucket."""
@@ -71,11 +85,19 @@ class AdapterDataset:
         """Human-readable summary shown on the dataset node."""
         lines = [f"{len(self.items)} items, {sum(i.repeats for i in self.items)} per epoch with repeats"]
         lines += [f"  bucket {'x'.join(map(str, b))}: {n}" for b, n in sorted(self.buckets().items())]
+        videos = [i for i in self.items if i.media == "video"]
+        if videos:
+            counts = Counter(i.frames for i in videos)
+            frames = ", ".join(f"{f} frames: {n}" for f, n in sorted(counts.items()))
+            lines.append(f"  video clips {len(videos)} ({frames}), images {len(self.items) - len(videos)}")
         if self.cache_stats:
             lines.append("  cache: " + ", ".join(f"{k} {v}" for k, v in sorted(self.cache_stats.items())))
         if self.skipped:
             lines.append(f"  skipped {len(self.skipped)}:")
             lines += [f"    {path}: {reason}" for path, reason in self.skipped]
+        if self.notes:
+            lines.append(f"  notes {len(self.notes)}:")
+            lines += [f"    {path}: {message}" for path, message in self.notes]
         return "\n".join(lines)
 
 

@@ -40,11 +40,13 @@ def detect_convention(
     """
     metadata = metadata or {}
     rslora = _rslora_flag(global_tensors, peft_config)
+    # Under ``lycoris`` the flag means "LyCORIS rs_lora" (see scale.py); only the kohya branch sets it.
     if requested != "auto":
-        return ConventionChoice(requested, "chosen explicitly", rslora)
+        return ConventionChoice(requested, "chosen explicitly", rslora and requested != "lycoris")
     tagged = metadata.get(CONVENTION_TAG)
     if metadata.get(PRODUCER_TAG) and tagged in SCALE_CONVENTIONS:
-        return ConventionChoice(tagged, f"written by HadaKron with the {tagged} convention", rslora)
+        reason = f"written by HadaKron with the {tagged} convention"
+        return ConventionChoice(tagged, reason, rslora and tagged != "lycoris")
     keys = list(keys)
     if peft_config is not None or any(k.startswith("base_model.model.") for k in keys):
         return ConventionChoice("peft", "PEFT file (adapter_config.json or base_model.model. keys)", rslora)
@@ -54,7 +56,7 @@ def detect_convention(
     if module == "lycoris.kohya":
         rs = "rs_lora" in _network_args(metadata) and _truthy(_network_args(metadata).get("rs_lora"))
         return ConventionChoice(
-            "lycoris", "LyCORIS kohya network" + (" (rs_lora alpha stored compensated)" if rs else "")
+            "lycoris", "LyCORIS kohya network" + (" (rs_lora alpha stored compensated)" if rs else ""), rs
         )
     if module.startswith("networks."):
         return ConventionChoice("lycoris", f"sd-scripts/musubi network {module}")

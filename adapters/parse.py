@@ -127,6 +127,8 @@ def _build_module(module: str, families: dict, peft_config: dict | None, allow_n
 def _checked(module: str, key: str, tensor: torch.Tensor, allow_nonfinite: bool) -> torch.Tensor:
     if not isinstance(tensor, torch.Tensor):
         raise AdapterFormatError(f"{key!r} is not a tensor")
+    if key.endswith(".alpha") and tensor.dtype != torch.bool and not tensor.is_floating_point():
+        tensor = tensor.float()  # musubi's convert_lora.py --target default writes LoRA alpha as int64
     if tensor.dtype == torch.bool or not (tensor.is_floating_point() or key.endswith("lokr_factor")):
         raise AdapterFormatError(f"{key!r} has dtype {tensor.dtype}; adapter weights must be floating point")
     if tensor.numel() == 0:

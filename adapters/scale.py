@@ -24,7 +24,8 @@ def module_scale(adapter: ModuleAdapter, convention: str = "lycoris", rslora_fla
     Args:
         adapter: a parsed module.
         convention: one of :data:`SCALE_CONVENTIONS` (``auto`` must be resolved first).
-        rslora_flag: PR #901's ``use_rslora_flag`` / PEFT ``use_rslora`` (LoRA: α/√r).
+        rslora_flag: PR #901's ``use_rslora_flag`` / PEFT ``use_rslora`` (LoRA: α/√r); under ``lycoris``,
+            a LyCORIS kohya ``rs_lora`` network (stored α compensated; full-matrix LoKr γ = α^(1/3)).
     """
     if convention not in SCALE_CONVENTIONS:
         raise ConventionError(f"unknown scale convention {convention!r}; use one of {', '.join(SCALE_CONVENTIONS)}")
@@ -34,7 +35,7 @@ def module_scale(adapter: ModuleAdapter, convention: str = "lycoris", rslora_fla
     rank = adapter.nominal_rank or w.rank
     alpha = adapter.nominal_alpha if adapter.nominal_alpha is not None else adapter.alpha
     if isinstance(w, LoKrWeights) and w.is_full:
-        return _full_lokr_scale(w, alpha, adapter.nominal_rank, convention)
+        return _full_lokr_scale(w, alpha, adapter.nominal_rank, convention, rslora_flag)
     if alpha is None:
         return 1.0
     if convention == "rs_lora" or (rslora_flag and w.algo == "lora" and convention in ("peft", "musubi_pr901")):
@@ -42,13 +43,18 @@ def module_scale(adapter: ModuleAdapter, convention: str = "lycoris", rslora_fla
     return alpha / rank
 
 
-def _full_lokr_scale(w: LoKrWeights, alpha: float | None, nominal_rank: int | None, convention: str) -> float:
+def _full_lokr_scale(
+    w: LoKrWeights, alpha: float | None, nominal_rank: int | None, convention: str, rslora_flag: bool = False
+) -> float:
     if alpha is None:
         return 1.0
     if convention == "musubi_pr901":
         return alpha / max(w.w2.shape)
     if convention == "peft" and nominal_rank:
         return alpha / nominal_rank
+    if convention == "lycoris" and rslora_flag:
+        # LyCORIS rs_lora forces α := dim d and trains at γ = d/√d = √d, storing α·d/√d = d^1.5.
+        return alpha ** (1.0 / 3.0)
     return 1.0
 
 

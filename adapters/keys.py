@@ -46,6 +46,8 @@ ROLE_SUFFIXES: tuple[tuple[str, str, str], ...] = (
     (".lokr_factor", "common", "lokr_factor"),
 )
 _SORTED = sorted(ROLE_SUFFIXES, key=lambda item: len(item[0]), reverse=True)
+_BY_SUFFIX = {suffix: (family, role) for suffix, family, role in ROLE_SUFFIXES}
+_UNDERSCORE_FORMS = tuple(s for s, _, _ in _SORTED if not s.startswith("."))
 
 # Tensors without a module prefix (musubi PR #901).
 GLOBAL_KEYS = ("lokr_factor", "use_rslora_flag", "use_dora_flag")
@@ -88,7 +90,15 @@ def split_key(key: str) -> tuple[str, str, str] | None:
     >>> split_key("lora_unet_blocks_0_ffn_0.lora_down.weight")
     ('lora_unet_blocks_0_ffn_0', 'lora', 'down')
     """
-    for suffix, family, role in _SORTED:
+    parts = key.split(".")
+    for count in (4, 3, 2, 1):  # longest dotted suffix first, as in the table
+        if len(parts) > count:
+            suffix = "." + ".".join(parts[-count:])
+            found = _BY_SUFFIX.get(suffix)
+            if found:
+                return key[: -len(suffix)], found[0], found[1]
+    for suffix in _UNDERSCORE_FORMS:
         if key.endswith(suffix) and len(key) > len(suffix):
+            family, role = _BY_SUFFIX[suffix]
             return key[: -len(suffix)], family, role
     return None

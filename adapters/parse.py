@@ -72,6 +72,8 @@ def parse_adapter_state_dict(
             non-float weights, empty tensors; :class:`NonFiniteTensorError` for NaN/Inf.
     """
     parsed = ParsedAdapter(metadata=dict(metadata or {}))
+    # One fused finiteness check for the whole file; the per-tensor check runs only if it fails.
+    check_each = not allow_nonfinite and not _all_finite(state_dict.values())
     groups: dict[str, dict[str, dict[str, tuple[str, torch.Tensor]]]] = {}
     for key, tensor in state_dict.items():
         if key in GLOBAL_KEYS:
@@ -89,7 +91,7 @@ def parse_adapter_state_dict(
             )
         roles[role] = (key, tensor)
     for module, families in groups.items():
-        built = _build_module(module, families, peft_config, allow_nonfinite)
+        built = _build_module(module, families, peft_config, not check_each)
         if built:
             parsed.modules[module] = built
         else:
@@ -145,7 +147,20 @@ def _alpha(module: str, tensor: torch.Tensor | None) -> float | None:
         return None
     if tensor.numel() != 1:
         raise AdapterFormatError(f"module {module!r}: alpha must be a scalar, got shape {tuple(tensor.shape)}")
-    return float(tensor.reshape(-1)[0])
+    return float(tensor.item())
+
+
+def _all_finite(tensors) -> bool:
+    """True if no floating tensor holds NaN/Inf.
+
+    One reduction per tensor (a NaN/Inf anywhere makes the sum non-finite); a sum that overflows
+    only causes a false alarm, which the exact per-tensor check then clears.
+    """
+    sums = []
+    for tensor in tensors:
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.numel():
+            sums.append((tensor.float() if tensor.element_size() == 1 else tensor).sum(dtype=torch.float32))
+    return not sums or bool(torch.isfinite(torch.stack(sums)).all())
 
 
 def _need(module: str, tensors: dict, roles: tuple[str, ...], algo: str) -> None:

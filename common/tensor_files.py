@@ -103,8 +103,11 @@ def _check_entries(header: dict, data_len: int, path: Path) -> None:
             raise AdapterFileError(f"tensor {name!r} data does not fit the file (truncated?)", path=str(path))
 
 
+_ITEMSIZE = {code: torch.tensor([], dtype=dtype).element_size() for code, dtype in ST_TO_DTYPE.items()}
+
+
 def _itemsize(code: str) -> int:
-    return torch.tensor([], dtype=ST_TO_DTYPE[code]).element_size()
+    return _ITEMSIZE[code]
 
 
 def load_tensor_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

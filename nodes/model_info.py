@@ -33,8 +33,10 @@ def model_family(base_model) -> str | None:
 
 
 def parameter_shapes(module) -> dict[str, tuple[int, ...]]:
-    """``{state-dict key: shape}`` without touching tensor data."""
-    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    """``{parameter/buffer name: shape}`` (state-dict names) without building a state dict."""
+    shapes = {name: tuple(p.shape) for name, p in module.named_parameters()}
+    shapes.update((name, tuple(b.shape)) for name, b in module.named_buffers())
+    return shapes
 
 
 def unet_resolver(model_patcher) -> KeyResolver:

@@ -54,13 +54,16 @@ def bypass_linear(x: torch.Tensor, w1a, w1b, w2a, w2b) -> torch.Tensor:
 
 
 def add_inplace(weight: torch.Tensor, w, coeff: float) -> None:
-    """``weight += coeff·ΔW`` in row chunks, so no full-size temporary is ever built."""
+    """``weight += coeff·ΔW`` in row chunks (two reused buffers), so no full-size temporary is built."""
     view = weight.view(weight.shape[0], -1)
     out, cols = view.shape
-    rows = max(1, ROW_CHUNK_ELEMENTS // max(cols, 1))
+    rows = max(1, min(out, ROW_CHUNK_ELEMENTS // max(cols, 1)))
     b1, b2 = w.w1b.flatten(1), w.w2b.flatten(1)
+    buf1 = torch.empty(rows, cols, dtype=view.dtype, device=view.device)
+    buf2 = torch.empty_like(buf1)
     for start in range(0, out, rows):
         stop = min(out, start + rows)
-        h1 = w.w1a[start:stop] @ b1
-        h2 = w.w2a[start:stop] @ b2
+        h1, h2 = buf1[: stop - start], buf2[: stop - start]
+        torch.mm(w.w1a[start:stop], b1, out=h1)
+        torch.mm(w.w2a[start:stop], b2, out=h2)
         view[start:stop].addcmul_(h1, h2, value=coeff)

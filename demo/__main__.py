@@ -1,6 +1,13 @@
-"""``python -m demo``: run the demo on the embedded default."""
+"""``python -m demo``: README's first command (``--engine`` runs the quick engine-only demo)."""
 
-from demo.engine_demo import run
+import sys
 
 if __name__ == "__main__":
-    run()
+    if "--engine" in sys.argv[1:]:
+        from demo.engine_demo import run
+
+        run()
+    else:
+        from demo.run import main
+
+        main()

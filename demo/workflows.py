@@ -37,9 +37,10 @@ def _is_widget(spec: list) -> bool:
     return isinstance(kind, list) or kind in WIDGET_TYPES
 
 
-def _has_control(spec: list) -> bool:
+def _has_control(spec: list, name: str = "") -> bool:
+    """The frontend adds a 'control after generate' widget value after such inputs (and any INT named seed)."""
     options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    return bool(options.get("control_after_generate"))
+    return bool(options.get("control_after_generate")) or (spec[0] == "INT" and name in ("seed", "noise_seed"))
 
 
 def _default(spec: list):
@@ -70,8 +71,16 @@ def build_ui_workflow(nodes: list[Node], object_info: dict) -> dict:
     for link in links:  # target slot names -> indices of the target node's inputs list
         target = ui_nodes[link[3] - 1]
         link[4] = next(i for i, item in enumerate(target["inputs"]) if item["name"] == link[4])
-    return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+    return {
+        "last_node_id": len(nodes),
+        "last_link_id": len(links),
+        "nodes": ui_nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+        "version": 0.4,
+    }
 
 
 def _type_of(nodes: list[Node], key: str) -> str:
@@ -87,13 +96,25 @@ def _ui_node(node: Node, node_id: int, index: int, info: dict, links: list, outp
             inputs.append({"name": name, "type": kind, "link": link_by_name.get(name)})
             continue
         values.append(node.widgets.get(name, _default(spec)))
-        if _has_control(spec):
+        if _has_control(spec, name):
             values.append("fixed")
-    outs = [{"name": name, "type": kind, "links": outputs.get((node_id, slot), []), "slot_index": slot}
-            for slot, (name, kind) in enumerate(zip(info["output_name"], info["output"], strict=False))]
-    ui = {"id": node_id, "type": node.type, "pos": [60 + 360 * index, 80 + 40 * (index % 3)], "size": [320, 200],
-          "flags": {}, "order": index, "mode": 0, "inputs": inputs, "outputs": outs,
-          "properties": {"Node name for S&R": node.type}, "widgets_values": values}
+    outs = [
+        {"name": name, "type": kind, "links": outputs.get((node_id, slot), []), "slot_index": slot}
+        for slot, (name, kind) in enumerate(zip(info["output_name"], info["output"], strict=False))
+    ]
+    ui = {
+        "id": node_id,
+        "type": node.type,
+        "pos": [60 + 360 * index, 80 + 40 * (index % 3)],
+        "size": [320, 200],
+        "flags": {},
+        "order": index,
+        "mode": 0,
+        "inputs": inputs,
+        "outputs": outs,
+        "properties": {"Node name for S&R": node.type},
+        "widgets_values": values,
+    }
     if node.title:
         ui["title"] = node.title
     return ui
@@ -113,8 +134,33 @@ def ui_to_api(workflow: dict, object_info: dict, overrides: dict | None = None) 
                 inputs[name] = [str(linked[name][1]), linked[name][2]]
             elif _is_widget(spec) and values:
                 inputs[name] = values.pop(0)
-                if _has_control(spec) and values:
+                if _has_control(spec, name) and values:
                     values.pop(0)
         inputs.update((overrides or {}).get(str(node["id"]), {}))
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
+
+
+TEXT_ENCODER_LOADERS = {"CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader"}
+STANDIN_NODE = "HadaKronTestSyntheticConditioning"
+
+
+def with_standin_text(prompt: dict, text_dim: int = 4096) -> dict:
+    """Replace text encoding by the demo's documented stand-in (no text encoder can be tiny).
+
+    ``CLIPTextEncode`` nodes become ``HadaKronTestSyntheticConditioning`` (seeded random
+    conditioning of the model's text width), CLIP loaders are dropped, and inputs that pointed
+    at a dropped node are removed (every HadaKron node takes CLIP optionally).
+    """
+    out = {}
+    dropped = {node_id for node_id, node in prompt.items() if node["class_type"] in TEXT_ENCODER_LOADERS}
+    for node_id, node in prompt.items():
+        if node_id in dropped:
+            continue
+        if node["class_type"] == "CLIPTextEncode":
+            seed = sum(map(ord, str(node["inputs"].get("text", "")))) % (2**31)
+            out[node_id] = {"class_type": STANDIN_NODE, "inputs": {"seed": seed, "length": 8, "dim": text_dim}}
+            continue
+        inputs = {k: v for k, v in node["inputs"].items() if not (isinstance(v, list) and v and v[0] in dropped)}
+        out[node_id] = {"class_type": node["class_type"], "inputs": inputs}
+    return out

@@ -58,12 +58,14 @@ class Truncation:
         rank: kept rank ``k``.
         kept_energy: ``Σ_kept σ² / Σ σ²`` (1 for an all-zero ΔW).
         rel_error: ``‖ΔW − ΔW_k‖_F / ‖ΔW‖_F`` from the dropped singular values.
+        total_energy: ``‖ΔW‖²_F = Σ σ²`` (to weight per-layer figures into an overall one).
     """
 
     lowrank: LowRank
     rank: int
     kept_energy: float
     rel_error: float
+    total_energy: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------- exact
@@ -165,9 +167,14 @@ def _zero_tol(s: torch.Tensor, m: int, n: int) -> float:
 def _lokr_lowrank(w: LoKrWeights, shape: tuple) -> LowRank:
     """``kron(w1, w2) = kron(U1S1, U2S2)·kron(V1, V2)ᵀ`` (``up`` has orthogonal columns)."""
     (u1, s1, v1), (u2, s2, v2) = (factor_svd(*f) for f in _lokr_factors(w))
-    up = torch.kron(u1 * s1, u2 * s2)
-    down = torch.kron(v1, v2).t()
+    up = _kron2(u1 * s1, u2 * s2)
+    down = _kron2(v1.t(), v2.t())
     return LowRank(up, down, orthogonal_up=True)
+
+
+def _kron2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """2-D Kronecker product by broadcasting (``torch.kron`` rejects some non-contiguous inputs)."""
+    return (a[:, None, :, None] * b[None, :, None, :]).reshape(a.shape[0] * b.shape[0], a.shape[1] * b.shape[1])
 
 
 def _full_lowrank(w: FullWeights, shape: tuple) -> LowRank:
@@ -280,7 +287,7 @@ def _finish(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, k: int) -> Trunc
     rel_error = 0.0 if total == 0.0 else math.sqrt(dropped / total)
     root = s[:k].sqrt()
     lowrank = LowRank(u[:, :k] * root, root[:, None] * vh[:k])
-    return Truncation(lowrank, k, kept_energy, rel_error)
+    return Truncation(lowrank, k, kept_energy, rel_error, total)
 
 
 def _orthogonal_basis(up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,7 +300,8 @@ def _orthogonal_basis(up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def truncate(lr: LowRank, rank: int | None = None, energy: float | None = None) -> Truncation:
     """Eckart–Young optimal truncation of ``up @ down`` without a dense out×in SVD.
 
-    Thin QR of ``up`` (skipped when ``lr.orthogonal_up``) and of ``downᵀ``, SVD of the small core.
+    Thin QR of ``up`` (skipped when ``lr.orthogonal_up``) and of ``downᵀ``, SVD of the small core; only
+    when the inner size ``k`` reaches ``min(out, in)`` (no smaller core exists) is ΔW formed and SVD'd.
 
     Args:
         lr: the exact low-rank form.
@@ -304,6 +312,9 @@ def truncate(lr: LowRank, rank: int | None = None, energy: float | None = None) 
     _check_options(rank, energy)
     if lr.rank == 0:
         return _finish(lr.up, lr.up.new_zeros(0), lr.down, 0)
+    if lr.rank >= min(lr.up.shape[0], lr.down.shape[1]):  # no smaller core exists: one dense SVD is cheapest
+        u, s, vh = torch.linalg.svd(lr.dense(), full_matrices=False)
+        return _finish(u, s, vh, choose_rank(s, rank, energy))
     qu, ru = _orthogonal_basis(lr.up) if lr.orthogonal_up else torch.linalg.qr(lr.up)
     qd, rd = torch.linalg.qr(lr.down.t())
     uc, s, vch = torch.linalg.svd(ru @ rd.t(), full_matrices=False)

@@ -9,7 +9,7 @@ import importlib
 
 from ._comfy import ComfyExtension
 
-NODE_MODULES = ("load", "merge", "convert", "dataset", "train")
+NODE_MODULES = ("load", "merge", "merge_lowrank", "convert", "dataset", "train")
 
 
 def _collect_nodes() -> list:

@@ -12,6 +12,7 @@ import torch
 
 from comfy_server import comfy_server
 from hadakron.common.tensor_files import save_tensor_file
+from tiny_models import write_tiny_wan_file, write_tiny_wan_vae
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
 REPO = Path(__file__).resolve().parents[1]
@@ -36,17 +37,40 @@ def _test_adapter(folder: Path) -> str:
     return "ui_test_lokr.safetensors"
 
 
-def test_nodes_in_search_and_loader_panel(tmp_path):
+def _training_workflow(server) -> Path:
+    """The training example on the embedded default, rendered with this server's node definitions."""
+    from demo import assets
+    from demo.examples import train_demo
+    from demo.workflows import build_ui_workflow
+
+    assets.write_dataset(server.base_dir)
+    tiny = server.base_dir / "models"
+    write_tiny_wan_file(tiny / "diffusion_models" / assets.DEMO_UNET)
+    write_tiny_wan_vae(tiny / "vae" / assets.DEMO_VAE)
+    workflow = build_ui_workflow(train_demo(assets.DEMO_DATASET, assets.DEMO_UNET, assets.DEMO_VAE),
+                                 server.object_info())
+    path = ARTIFACTS / "ui-training-workflow.json"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(workflow))
+    return path
+
+
+def test_search_loader_panel_and_training_chart(comfy, tmp_path):
     reason = _browser_ready()
     if reason:
         pytest.skip(reason)
-    with comfy_server(tmp_path / "base") as server:
-        name = _test_adapter(server.base_dir / "models" / "loras")
-        proc = subprocess.run(["node", str(SCRIPT), server.url, str(ARTIFACTS), name], cwd=REPO,
-                              capture_output=True, text=True, timeout=300)
+    base = tmp_path / "base"
+    for sub in ("diffusion_models", "vae", "loras"):
+        (base / "models" / sub).mkdir(parents=True, exist_ok=True)
+    name = _test_adapter(base / "models" / "loras")
+    with comfy_server(base) as server:
+        workflow = _training_workflow(server)
+        proc = subprocess.run(["node", str(SCRIPT), server.url, str(ARTIFACTS), name, str(workflow)], cwd=REPO,
+                              capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     results = json.loads([line for line in proc.stdout.splitlines() if line.startswith("UI-RESULTS ")][-1][11:])
     assert "HadaKronLoadAdapter" in results["registered"]
     panel = results["loaderPanel"]
     assert "lokr: 1" in panel and "alphas: 2: 1" in panel and "sks" in panel
     assert (ARTIFACTS / "loader-panel.png").stat().st_size > 10_000
+    assert results["chartPoints"] >= 2 and (ARTIFACTS / "training-chart.png").stat().st_size > 10_000

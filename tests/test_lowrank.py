@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from engine_cases import LAYERS, loha_case, lokr_case, lora_case
 
+from engine_cases import LAYERS, loha_case, lokr_case, lora_case
 from hadakron.adapters import FullWeights, LoKrWeights, ModuleAdapter
 from hadakron.common.errors import ConventionError, ShapeMismatchError
 from hadakron.merge.lowrank import (
@@ -29,8 +29,8 @@ def _rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
-def _flat_delta(adapter, shape):
-    return adapter.delta(shape).reshape(shape[0], -1)
+def _flat_delta(adapter, shape, dtype=torch.float32):
+    return adapter.delta(shape, dtype=dtype).reshape(shape[0], -1)
 
 
 CASES = [
@@ -95,6 +95,11 @@ def test_full_diff_and_shape_errors():
     diff = torch.randn(12, 30, generator=_gen())
     lr = exact_lowrank(ModuleAdapter("d", FullWeights(diff)), (12, 30), scale=2.0)
     assert _rel(lr.dense(), 2 * diff) < 1e-6
+    for k in (1, 5):  # inner size = min(out, in): truncate takes the one-dense-SVD path
+        optimum, _ = _dense_optimum(2 * diff.double(), k)
+        result = truncate(lr, rank=k)
+        assert result.rel_error == pytest.approx(optimum, rel=1e-5)
+        assert _rel(result.lowrank.dense().double(), 2 * diff.double()) == pytest.approx(optimum, rel=1e-5)
     adapter, _ = _case("lora", "linear", {})
     with pytest.raises(ShapeMismatchError):
         exact_lowrank(adapter, (97, 80))
@@ -146,7 +151,8 @@ def test_energy_rule_picks_smallest_k():
     assert choose_rank(s, energy=16 / 21.25) == 1
     assert choose_rank(s, energy=16.01 / 21.25) == 2
     assert choose_rank(s, energy=20 / 21.25) == 2
-    assert choose_rank(s, energy=0.99) == 3
+    assert choose_rank(s, energy=0.98) == 3
+    assert choose_rank(s, energy=0.99) == 4
     assert choose_rank(s, energy=1.0) == 4
     assert choose_rank(s, energy=0.99, rank=2) == 2
     assert choose_rank(s) == 4
@@ -180,7 +186,7 @@ def test_truncate_zero_delta():
 def test_lokr_truncate_is_optimal(variant, rank):
     layer = "conv2d" if variant == "tucker" else "linear"
     adapter, shape = _case("lokr", layer, {"variant": variant}, seed=rank)
-    dense = 1.5 * _flat_delta(adapter.to(dtype=torch.float64), shape)
+    dense = 1.5 * _flat_delta(adapter, shape, torch.float64)
     result = lokr_truncate(adapter, shape, scale=1.5, rank=rank, dtype=torch.float64)
     optimum, s = _dense_optimum(dense, rank)
     assert _rel(result.lowrank.dense(), dense) == pytest.approx(optimum, rel=1e-6, abs=1e-9)
@@ -191,7 +197,7 @@ def test_lokr_truncate_is_optimal(variant, rank):
 
 def test_lokr_truncate_negative_scale_and_energy():
     adapter, shape = _case("lokr", "linear", {"variant": "lowrank"}, seed=2)
-    dense = -0.5 * _flat_delta(adapter.to(dtype=torch.float64), shape)
+    dense = -0.5 * _flat_delta(adapter, shape, torch.float64)
     exact = lokr_truncate(adapter, shape, scale=-0.5, dtype=torch.float64)
     assert _rel(exact.lowrank.dense(), dense) < 1e-10
     by_energy = lokr_truncate(adapter, shape, scale=-0.5, energy=0.9, dtype=torch.float64)

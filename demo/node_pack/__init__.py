@@ -18,8 +18,8 @@ class HadaKronTestSyntheticConditioning(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="HadaKronTestSyntheticConditioning",
-            display_name="HadaKron Test Synthetic Conditioning",
-            category="hadakron/testing",
+            display_name="HadaKron Demo Stand-in Conditioning (random, not a text encoder)",
+            category="HadaKron demo (not shipped)",
             inputs=[
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
                 io.Int.Input("length", default=8, min=1, max=4096),
@@ -42,7 +42,7 @@ class HadaKronTestLatentStats(io.ComfyNode):
         return io.Schema(
             node_id="HadaKronTestLatentStats",
             display_name="HadaKron Test Latent Stats",
-            category="hadakron/testing",
+            category="HadaKron demo (not shipped)",
             inputs=[io.Latent.Input("samples")],
             outputs=[],
             is_output_node=True,

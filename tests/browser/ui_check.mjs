@@ -58,7 +58,8 @@ async function runWorkflow(page) {
   await page.evaluate(async (wf) => { await window.app.loadGraphData(wf); }, workflow);
   const missing = await page.evaluate(() => window.app.graph._nodes.filter((n) => !n.type || n.has_errors).length);
   if (missing) fail(`workflow has ${missing} nodes with errors`);
-  await page.evaluate(() => window.app.queuePrompt(0, 1));
+  const run = page.locator('button:has-text("Run")').first();
+  if (await run.count()) await run.click(); else await page.evaluate(() => window.app.queuePrompt(0, 1));
   await page.waitForFunction(() => (window.hadakronWeb.chartPoints || 0) >= 2, null, { timeout: 240000 });
   results.chartPoints = await page.evaluate(() => window.hadakronWeb.chartPoints);
   await page.screenshot({ path: path.join(outDir, "training-chart.png") });

@@ -62,6 +62,15 @@ async function runWorkflow(page) {
   if (await run.count()) await run.click(); else await page.evaluate(() => window.app.queuePrompt(0, 1));
   await page.waitForFunction(() => (window.hadakronWeb.chartPoints || 0) >= 2, null, { timeout: 240000 });
   results.chartPoints = await page.evaluate(() => window.hadakronWeb.chartPoints);
+  await page.evaluate(() => {
+    const node = window.app.graph._nodes.find((n) => n.type === "HadaKronTrainAdapter");
+    const ds = window.app.canvas.ds;
+    ds.scale = 0.9;
+    ds.offset[0] = 700 / ds.scale - (node.pos[0] + node.size[0] / 2);
+    ds.offset[1] = 860 / ds.scale - (node.pos[1] + node.size[1]);
+    window.app.canvas.setDirty(true, true);
+  });
+  await page.waitForTimeout(1500);
   await page.screenshot({ path: path.join(outDir, "training-chart.png") });
 }
 

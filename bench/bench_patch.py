@@ -47,8 +47,7 @@ WAN_LINEARS = (
 
 def load_comfyui(base: Path):
     """Import ComfyUI (CPU args, HadaKron installed as a custom node) the way the tests do."""
-    sys.path.insert(0, str(REPO / "tests"))
-    import comfy_runtime
+    from demo import runtime as comfy_runtime
 
     if not comfy_runtime.comfy_available():
         raise SystemExit(f"ComfyUI runtime missing at {comfy_runtime.COMFY_DIR}: run `bash scripts/setup.sh`")

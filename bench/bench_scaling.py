@@ -116,8 +116,10 @@ def _bypass_times(bench: Bench, adapter: ModuleAdapter, shape, tokens: int, repe
     def frozen_only():
         F.linear(x, frozen).square().mean()
 
-    times = {"hadakron bypass": bench.time(f"{label} bypass", ours, repeat).median,
-             "materialised ΔW": bench.time(f"{label} materialised", materialised, repeat).median,
+    mine = bench.time(f"{label} bypass", ours, repeat)
+    mat = bench.time(f"{label} materialised", materialised, repeat)
+    bench.ratio(f"{label}: layer fwd+bwd, bypass vs materialised ΔW", mine, mat)
+    times = {"hadakron bypass": mine.median, "materialised ΔW": mat.median,
              "frozen layer": bench.time(f"{label} frozen", frozen_only, repeat).median}
     if lycoris:
         times["lycoris bypass"] = _lycoris_bypass_time(bench, adapter, x, frozen, repeat, label)

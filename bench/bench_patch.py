@@ -17,7 +17,6 @@ layer benchmarks may still run on ``--device cuda``.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from types import ModuleType
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-COMFY_DIR = REPO_ROOT / ".comfyui"
+# HADAKRON_COMFY_DIR points the harness at another ComfyUI tree (compatibility checks against newer releases).
+COMFY_DIR = Path(os.environ.get("HADAKRON_COMFY_DIR", REPO_ROOT / ".comfyui"))
 PACK_DIR_NAME = "HadaKron"
 TEST_PACK_DIR_NAME = "HadaKronTestNodes"
 TEST_PACK_SRC = REPO_ROOT / "demo" / "node_pack"

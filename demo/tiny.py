@@ -193,12 +193,18 @@ TINY_WAN_TEXT_DIM = 4096
 
 
 def _drop_newer_keys(cfg: dict) -> dict:
-    """Remove config keys this ComfyUI does not know (``meanflow_sum`` exists from 0.33 on)."""
+    """Adapt a config to this ComfyUI: drop keys it does not know (``meanflow_sum`` exists from 0.33 on)
+    and add ones newer releases require (FLUX's ``txt_ids_dims`` from 0.33 on)."""
     if "meanflow_sum" in cfg:
         from comfy.ldm.hunyuan_video.model import HunyuanVideoParams
 
         if "meanflow_sum" not in HunyuanVideoParams.__dataclass_fields__:
             cfg.pop("meanflow_sum")
+    if cfg.get("image_model") in ("flux", "flux2"):
+        from comfy.ldm.flux.model import FluxParams
+
+        if "txt_ids_dims" in FluxParams.__dataclass_fields__:
+            cfg.setdefault("txt_ids_dims", [])
     return cfg
 
 

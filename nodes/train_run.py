@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -98,8 +99,27 @@ def run_training(model, dataset, values: dict, node_id=None, model_high=None) ->
     initial, resume = values.get("initial_weights", NONE), values.get("resume_from", NONE)
     source = _resolve_factor(config, initial, resume)
     loras = folder_paths.get_folder_paths("loras")[0]
-    with torch.inference_mode(False), torch.enable_grad():  # the executor runs nodes in inference mode
+    with torch.inference_mode(False), torch.enable_grad(), comfy_training_mode():  # executor runs in inference mode
         return _train(model, dataset, config, family, (source, initial, resume), loras, node_id, model_high)
+
+
+@contextlib.contextmanager
+def comfy_training_mode():
+    """Set ComfyUI's ``model_management.in_training`` flag while training, where it exists (0.33+).
+
+    With it, newer ComfyUI uses differentiable ops (e.g. its RoPE) instead of fused inference kernels
+    that have no autograd formula; 0.3.75 has no such flag and needs none.
+    """
+    import comfy.model_management as mm
+
+    if not hasattr(mm, "in_training"):
+        yield
+        return
+    previous, mm.in_training = mm.in_training, True
+    try:
+        yield
+    finally:
+        mm.in_training = previous
 
 
 def _train(model, dataset, config, family, sources, loras, node_id, model_high) -> TrainResult:

@@ -224,3 +224,38 @@ def test_path_escape_is_refused(comfy, wan):
         comfy.node_class("HadaKronLoadAdapter").execute(
             model=wan, adapter_name="../../etc/passwd", strength_model=1.0, convention="auto"
         )
+
+
+def test_text_encoder_keys_go_to_the_clip_with_strength_clip(comfy, wan):
+    import functools
+
+    from test_dataset_comfy import TINY_CLIP_CONFIG  # the same tiny real CLIP (SD1 tokenizer, width 32)
+    from tiny_models import fill_deterministic
+
+    sd1 = comfy.comfy.sd1_clip
+    target = comfy.comfy.supported_models_base.ClipTarget(sd1.SD1Tokenizer, sd1.SD1ClipModel)
+    target.params = {"clip_model": functools.partial(sd1.SDClipModel, textmodel_json_config=dict(TINY_CLIP_CONFIG))}
+    clip = comfy.comfy.sd.CLIP(target=target)
+    fill_deterministic(clip.cond_stage_model, seed=1)
+    te_key = "clip_l.transformer.text_model.encoder.layers.0.mlp.fc1.weight"
+    assert te_key in clip.cond_stage_model.state_dict()
+    g = torch.Generator().manual_seed(12)
+    te = factors("lora", 64, 32, gen=g)
+    unet = factors("lokr", 128, 128, gen=g)
+    tensors = {
+        **_prefixed("lora_te_text_model_encoder_layers_0_mlp_fc1", te),
+        **_prefixed("lora_unet_blocks_0_self_attn_q", unet),
+    }
+    name = write_adapter(_loras_dir(comfy), "te_and_unet.safetensors", tensors)
+    with torch.inference_mode():
+        model, new_clip, report = (
+            comfy.node_class("HadaKronLoadAdapter")
+            .execute(model=wan, clip=clip, adapter_name=name, strength_model=1.0, strength_clip=0.5, convention="auto")
+            .result
+        )
+    assert "no CLIP given" not in report and "UNMATCHED" not in report
+    got = patched(new_clip.patcher, te_key)
+    want = clip.cond_stage_model.state_dict()[te_key].float() + 0.5 * dense(te)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(patched(model, Q), base(wan, Q) + dense(unet), rtol=1e-5, atol=1e-6)
+    assert clip.patcher.patches == {}

@@ -53,13 +53,13 @@ SAMPLING = {
 }
 
 
-def train(server, info: dict) -> tuple[dict, list]:
+def train(server, info: dict, steps: int = 60) -> tuple[dict, list]:
     overrides = {
         "unet": {"unet_name": assets.DEMO_UNET},
         "vae_for_data": {"vae_name": assets.DEMO_VAE},
         "dataset": {"folder": assets.DEMO_DATASET, "width": 64, "height": 64},
         "train": {
-            "steps": 60,
+            "steps": steps,
             "learning_rate": 0.003,
             "network_dim": 8,
             "network_alpha": 8.0,
@@ -138,18 +138,19 @@ def convert_trained(server) -> str:
     return ui_text(server.run_prompt(prompt, timeout=300), "1")
 
 
-def main() -> None:
+def run_demo(base: Path = BASE, steps: int = 60) -> dict:
+    """Run every example workflow on the embedded default under ``base``; returns what was measured."""
     started = time.time()
     say("[demo] generating the embedded default (tiny WAN 2.1 model + VAE, dataset, adapters)")
-    assets.prepare(BASE)
-    with comfy_server(BASE, test_nodes=True) as server:
+    assets.prepare(base)
+    with comfy_server(base, test_nodes=True) as server:
         say(
             f"[demo] ComfyUI {server.get_json('/system_stats')['system']['comfyui_version']} with HadaKron at "
             f"{server.url}"
         )
         info = server.object_info()
         say("[demo] training a LoKr from the dataset folder (example workflow train_lokr_from_folder)")
-        _, history = train(server, info)
+        _, history = train(server, info, steps)
         say("[demo] sampling with the trained LoKr at strength 0 and 1 (example workflow load_lokr_wan)")
         without, with_lokr = sample_with(server, info, 0.0), sample_with(server, info, 1.0)
         say("[demo] converting the trained LoKr to ComfyUI's native key format")
@@ -172,13 +173,29 @@ def main() -> None:
         zimage = run_file_example(
             server, info, "zimage_lokr_to_comfy", {"convert": {"adapter_name": assets.DEMO_ZIMAGE, "overwrite": True}}
         )
-    _summary(history, without, with_lokr, converted, merged, zimage, time.time() - started)
+    result = {
+        "history": history,
+        "without": without,
+        "with": with_lokr,
+        "converted": converted,
+        "merged": merged,
+        "zimage": zimage,
+        "seconds": time.time() - started,
+        "base": base,
+    }
+    _summary(**result)
+    return result
 
 
-def _summary(history, without, with_lokr, converted, merged, zimage, seconds) -> None:
+def main() -> None:
+    run_demo()
+
+
+def _summary(history, without, converted="", merged="", zimage="", seconds=0.0, base=BASE, **named) -> None:
+    with_lokr = named["with"]
     losses = [p["loss"] for p in history]
     first, last = (sum(losses[:5]) / max(len(losses[:5]), 1), sum(losses[-5:]) / max(len(losses[-5:]), 1))
-    loras = BASE / "models" / "loras"
+    loras = base / "models" / "loras"
     say("\n========== HadaKron demo summary ==========")
     say(f"training: {len(losses)} steps, loss (mean of 5) {first:.4f} -> {last:.4f}")
     say(
@@ -187,7 +204,7 @@ def _summary(history, without, with_lokr, converted, merged, zimage, seconds) ->
     )
     say("files written:")
     for path in sorted(loras.rglob("hadakron_demo*")):
-        say(f"  {path.relative_to(REPO)} ({path.stat().st_size / 1024:.1f} KiB)")
+        say(f"  {path} ({path.stat().st_size / 1024:.1f} KiB)")
     for title, text in (("convert", converted), ("merge", merged), ("zimage", zimage)):
         say(f"--- {title} ---\n" + "\n".join(text.splitlines()[:12]))
     say(f"done in {seconds:.0f} s; start a UI with: bash scripts/serve.sh")

@@ -74,13 +74,28 @@ def main(argv: list[str] | None = None) -> None:
         section, seconds = run_one(module, module_args)
         sections.append(section)
         total += seconds
-    header = ["# HadaKron benchmark results", "", "Every figure is a ratio of HadaKron to the alternative measured in "
-              "the same run (medians; min–max in the raw columns). Lower is better unless the row says speed-up.",
-              "", TARGETS_NOTE, "", "## Machine", "", machine_markdown(), "",
-              f"Total wall time {total:.0f} s. Plots: " + ", ".join(f"`bench/plots/{p.name}`"
-                                                                    for p in sorted(plots.glob("*.png"))), ""]
-    Path(args.out).write_text("\n".join(header + sections), encoding="utf-8")
+        _write(args.out, plots, sections, total)  # after every benchmark, so a stopped run keeps its results
     sys.stderr.write(f"[bench] wrote {args.out} in {total:.0f} s\n")
+
+
+def _write(out: str, plots: Path, sections: list[str], total: float) -> None:
+    header = [
+        "# HadaKron benchmark results",
+        "",
+        "Every figure is a ratio of HadaKron to the alternative measured in "
+        "the same run (medians; min–max in the raw columns). Lower is better unless the row says speed-up.",
+        "",
+        TARGETS_NOTE,
+        "",
+        "## Machine",
+        "",
+        machine_markdown(),
+        "",
+        f"Total wall time {total:.0f} s. Plots: "
+        + ", ".join(f"`bench/plots/{p.name}`" for p in sorted(plots.glob("*.png"))),
+        "",
+    ]
+    Path(out).write_text("\n".join(header + sections), encoding="utf-8")
 
 
 if __name__ == "__main__":

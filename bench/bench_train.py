@@ -20,6 +20,7 @@ import argparse
 import math
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 from hadakron.training.modules import TrainLoHa, TrainLoKr
 
-from .harness import Bench, machine_markdown
+from .harness import Bench, Timing, machine_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,7 +111,7 @@ def _step(kind: str, x: torch.Tensor, weight: torch.Tensor, adapter) -> None:
     x = x.detach().requires_grad_(True)
     y = F.linear(x, weight)
     if kind == "ours":
-        y = y + adapter(x)
+        y = adapter.add_to(y, x)
     elif kind == "materialised":
         y = y + F.linear(x, _materialised(adapter))
     y.backward(torch.ones_like(y))
@@ -148,10 +149,7 @@ def layer_bench(bench: Bench, size: int, tokens: int, algo: str, args) -> None:
     x = torch.randn(tokens, size, device=device, dtype=dtype)
     adapter = _adapter(algo, size, args.rank, device)
     label = f"{algo} {size}² x {tokens} tok"
-    timings = {
-        kind: bench.time(f"{label} {kind}", lambda k=kind: _step(k, x, weight, adapter), repeat=args.layer_repeat)
-        for kind in ("frozen", "ours", "materialised")
-    }
+    timings = _interleaved(bench, label, x, weight, adapter, args.layer_repeat)
     frozen = timings["frozen"]
     cost_ours = _Diff(f"{label} ours - frozen", timings["ours"], frozen)
     cost_mat = _Diff(f"{label} materialised - frozen", timings["materialised"], frozen)
@@ -164,6 +162,23 @@ def layer_bench(bench: Bench, size: int, tokens: int, algo: str, args) -> None:
         peak = _cuda_peak(kind, x, weight, adapter)
         extra = f", CUDA peak {peak:.1f} MiB" if peak is not None else ""
         bench.notes.append(f"{label} {kind}: saved for backward {saved:.1f} MiB{extra}")
+
+
+def _interleaved(bench: Bench, label: str, x, weight, adapter, repeat: int) -> dict:
+    """Time the three variants round-robin (first round discarded), so load changes hit all alike."""
+    kinds = ("frozen", "ours", "materialised")
+    runs: dict[str, list[float]] = {k: [] for k in kinds}
+    for round_index in range(repeat + 1):
+        for kind in kinds:
+            start = time.perf_counter()
+            _step(kind, x, weight, adapter)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            if round_index:
+                runs[kind].append(time.perf_counter() - start)
+    timings = {k: Timing(f"{label} {k}", v) for k, v in runs.items()}
+    bench.timings.extend(timings.values())
+    return timings
 
 
 class _Diff:

@@ -50,12 +50,13 @@ def test_lokr_bypass_gradients_equal_dense(case):
     adapter = TrainLoKr(96, 80, (), case["rank"], 2.0, lokr_options=case.get("lokr_options"))
     _randomise(adapter)
     x = torch.randn(3, 5, 80, requires_grad=True)
-    y = adapter(x)
+    y = adapter.add_to(torch.zeros(3, 5, 96), x)  # the fused path training uses
     ref_params = {n: p.detach().clone().requires_grad_(True) for n, p in adapter.named_parameters()}
     ref_adapter = adapter.weights_type(**ref_params)
     x_ref = x.detach().clone().requires_grad_(True)
     y_ref = F.linear(x_ref, ref_adapter.delta((96, 80))) * adapter.scale()
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(adapter(x), y, rtol=1e-5, atol=1e-5)  # the plain delta path
     grad = torch.randn_like(y)
     y.backward(grad)
     y_ref.backward(grad)
@@ -69,7 +70,7 @@ def test_loha_bypass_gradients_equal_dense(shape):
     adapter = TrainLoHa(*shape, (), 4, 3.0)
     _randomise(adapter, 1)
     x = torch.randn(7, shape[1], requires_grad=True)
-    y = adapter(x)
+    y = adapter.add_to(torch.zeros(7, shape[0]), x)
     ref = {n: p.detach().clone().requires_grad_(True) for n, p in adapter.named_parameters()}
     x_ref = x.detach().clone().requires_grad_(True)
     y_ref = F.linear(x_ref, ((ref["w1a"] @ ref["w1b"]) * (ref["w2a"] @ ref["w2b"]))) * 0.75

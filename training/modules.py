@@ -24,7 +24,7 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 class TrainableAdapter(torch.nn.Module):
-    """Base class; subclasses define ``delta_linear``, ``delta_kernel`` and ``rank``."""
+    """Base class; subclasses define ``linear_parts``, ``rank`` (and ``delta_kernel`` if special)."""
 
     algo = ""
     weights_type: type = LoRAWeights
@@ -99,28 +99,39 @@ class TrainableAdapter(torch.nn.Module):
     # --- forward -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, conv: dict | None = None) -> torch.Tensor:
         """Scaled ``ΔW·x`` (Linear, ``conv`` None) or ``conv(x, ΔW)`` with the layer's ``conv`` kwargs."""
-        scale = self.scale()
         if conv is None:
-            y = self.delta_linear(x)
-            channel = -1
+            hidden, last = self.linear_parts(x)
+            y = (hidden @ last.t()).view(*x.shape[:-1], self.out_dim)
+            scale, channel = 1.0, -1
         else:
-            kernel = self.delta_kernel().to(x.dtype)
-            y = self.conv_delta(x, kernel, conv)
-            channel = 1
+            y = self.conv_delta(x, self.delta_kernel().to(x.dtype), conv)
+            scale, channel = self.scale(), 1
         if self.training and self.rank_dropout > 0 and self.algo != "lora":
             keep = 1.0 - self.rank_dropout
             mask = self._mask(("rows",), (self.out_dim,), keep, y.device).to(y.dtype)
             y = y * mask.view(-1, *([1] * (y.dim() - 1 - (channel % y.dim()))))
             scale /= keep
-        return y * scale
+        return y * scale if scale != 1.0 else y
+
+    def add_to(self, out: torch.Tensor, x: torch.Tensor, conv: dict | None = None) -> torch.Tensor:
+        """``out + γ·ΔW·x``; for Linear layers the last GEMM accumulates straight into ``out`` (addmm)."""
+        row_mask = self.training and self.rank_dropout > 0 and self.algo != "lora"
+        if conv is not None or row_mask or not out.is_contiguous():
+            return out + self(x, conv).to(out.dtype)
+        hidden, last = self.linear_parts(x)
+        flat = out.reshape(-1, last.shape[0])
+        return torch.addmm(flat, hidden.to(out.dtype), last.t().to(out.dtype)).view(out.shape)
+
+    def linear_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(hidden (M, k), last (c, k))`` with ``γ·ΔW·x`` = ``(hidden @ lastᵀ)`` viewed as ``(…, out)``.
+
+        The scale is folded into a small factor, so no pass over the output is spent on it.
+        """
+        raise NotImplementedError
 
     def conv_delta(self, x: torch.Tensor, kernel: torch.Tensor, conv: dict) -> torch.Tensor:
         """``conv(x, kernel)`` with the layer's stride/padding/dilation/groups."""
         return _CONV[len(self.kernel)](x, kernel, **conv)
-
-    def delta_linear(self, x: torch.Tensor) -> torch.Tensor:
-        """Unscaled ``ΔW·x`` for a Linear layer, never building ΔW where avoidable."""
-        raise NotImplementedError
 
     def delta_kernel(self) -> torch.Tensor:
         """Unscaled ΔW reshaped to the conv weight ``(out, in, k…)``."""
@@ -155,14 +166,14 @@ class TrainLoRA(TrainableAdapter):
             h = h * self._mask(("rank", tuple(shape)), tuple(shape), keep, h.device).to(h.dtype) / keep
         return h
 
-    def delta_linear(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.linear(x, self.down.to(x.dtype))
+    def linear_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = F.linear(x, self.down.to(x.dtype).flatten(1))
         h = self._hidden_dropout(h, h.dim() - 1)
-        return F.linear(h, self.up.to(x.dtype).flatten(1))
+        return h.reshape(-1, self.rank), self.up.to(x.dtype).flatten(1) * self.scale()
 
     def forward(self, x: torch.Tensor, conv: dict | None = None) -> torch.Tensor:
         if conv is None:
-            return self.delta_linear(x) * self.scale()
+            return super().forward(x)
         h = _CONV[len(self.kernel)](x, self.down.to(x.dtype), **conv)
         h = self._hidden_dropout(h, 1)
         up = self.up.to(x.dtype).reshape(self.out_dim, self.rank, *([1] * len(self.kernel)))
@@ -183,12 +194,13 @@ class TrainLoHa(TrainableAdapter):
     def rank(self) -> int:
         return int(self.w1b.shape[0])
 
-    def delta_linear(self, x: torch.Tensor) -> torch.Tensor:
+    def linear_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w1a, w1b, w2a, w2b = (p.to(x.dtype) for p in (self.w1a, self.w1b, self.w2a, self.w2b))
+        rows = x.reshape(-1, x.shape[-1])
         if low_rank_is_cheaper(w1a, w1b, w2a):
-            u, v = low_rank_factors(w1a, w1b, w2a, w2b)
-            return F.linear(F.linear(x, v), u)
-        return F.linear(x, (w1a @ w1b) * (w2a @ w2b))
+            u, v = low_rank_factors(w1a * self.scale(), w1b, w2a, w2b)
+            return F.linear(rows, v), u
+        return rows, (w1a @ w1b) * (w2a @ w2b) * self.scale()
 
 
 class TrainLoKr(TrainableAdapter):
@@ -219,30 +231,38 @@ class TrainLoKr(TrainableAdapter):
             return self.w1.to(dtype)
         return self.w1a.to(dtype) @ self.w1b.to(dtype)
 
-    def delta_linear(self, x: torch.Tensor) -> torch.Tensor:
-        w1 = self.w1_full(x.dtype)
+    def linear_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w1 = self.w1_full(x.dtype) * self.scale()
         if "w2" in self._parameters:
-            return kron_linear(x, w1, w2=self.w2.to(x.dtype))
-        return kron_linear(x, w1, w2a=self.w2a.to(x.dtype), w2b=self.w2b.to(x.dtype))
+            return kron_parts(x, w1, w2=self.w2.to(x.dtype))
+        return kron_parts(x, w1, w2a=self.w2a.to(x.dtype), w2b=self.w2b.to(x.dtype))
 
     def delta_kernel(self) -> torch.Tensor:
         weights = LoKrWeights(**dict(self.named_parameters(recurse=False)))
         return lokr_math.delta(weights, (self.out_dim, self.in_dim, *self.kernel))
 
 
-def kron_linear(x: torch.Tensor, w1: torch.Tensor, w2=None, w2a=None, w2b=None) -> torch.Tensor:
-    """``kron(w1, w2)·x`` for ``x (…, in_m·in_n)`` without ΔW: ``Y = w1·X·w2ᵀ`` (formats.md §9.1).
+def kron_parts(x: torch.Tensor, w1: torch.Tensor, w2=None, w2a=None, w2b=None):
+    """``(hidden, last)`` with ``kron(w1, w2)·x = hidden @ lastᵀ`` viewed as ``(…, out)`` (formats.md §9.1).
 
-    ``X`` is the free ``(N, in_m, in_n)`` view of ``x``; ``w1`` is applied first as one batched
-    matmul (stride-0 batch), then ``w2`` (full ``(out_k, in_n)`` or ``w2a·w2b``) as plain GEMMs on the
-    contiguous ``(N·out_l, in_n)`` result, so no transposed copies are made in either direction.
+    ``Y = w1·X·w2ᵀ`` on the free ``(N, in_m, in_n)`` view ``X`` of ``x``. Low-rank ``w2 = w2a·w2b``
+    runs as ``(w1 applied to X·w2bᵀ)·w2aᵀ``: the data shrinks to rank ``r`` first, so the ``w1`` step
+    (one batched matmul with a stride-0 batch) and what is saved for backward stay small; full ``w2``
+    applies ``w1`` first. No transposed copies are made in either direction.
     """
     out_l, in_m = w1.shape
-    lead = x.shape[:-1]
-    u = torch.matmul(w1, x.reshape(-1, in_m, x.shape[-1] // in_m))  # (N, out_l, in_n)
-    rows = u.reshape(-1, u.shape[-1])
-    y = rows @ w2.t() if w2 is not None else (rows @ w2b.t()) @ w2a.t()  # (N·out_l, out_k)
-    return y.reshape(*lead, out_l * y.shape[-1])
+    rows = x.reshape(-1, x.shape[-1] // in_m)  # (N·in_m, in_n)
+    if w2 is None:
+        t = torch.matmul(w1, (rows @ w2b.t()).view(-1, in_m, w2b.shape[0]))  # (N, out_l, r)
+        return t.reshape(-1, t.shape[-1]), w2a
+    u = torch.matmul(w1, rows.view(-1, in_m, rows.shape[-1]))  # (N, out_l, in_n)
+    return u.reshape(-1, u.shape[-1]), w2
+
+
+def kron_linear(x: torch.Tensor, w1: torch.Tensor, w2=None, w2a=None, w2b=None) -> torch.Tensor:
+    """``kron(w1, w2)·x`` for ``x (…, in)`` without building the Kronecker product."""
+    hidden, last = kron_parts(x, w1, w2, w2a, w2b)
+    return (hidden @ last.t()).reshape(*x.shape[:-1], w1.shape[0] * last.shape[0])
 
 
 def build_adapter(algo: str, out_dim: int, in_dim: int, kernel: tuple[int, ...], rank: int, alpha: float, **kw):

@@ -151,6 +151,9 @@ class AdaptedForward:
             out = self.previous(x, *args, **kwargs)
         else:
             out = type(self.module).forward(self.module, x, *args, **kwargs)
+        if len(self.entries) == 1 and self.entries[0][0].offset is None:
+            adapter = self.entries[0][1]
+            return out if adapter.module_skipped() else adapter.add_to(out, x, self.conv)
         deltas = []
         for _, adapter in self.entries:
             if adapter.module_skipped():

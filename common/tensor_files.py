@@ -121,7 +121,7 @@ def load_tensor_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     """
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        return _load_pickle_weights_only(path), {}
+        return _load_pickle_weights_only(path)
     _, metadata = read_safetensors_header(path)
     try:
         from safetensors.torch import load_file
@@ -132,7 +132,7 @@ def load_tensor_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     return tensors, dict(metadata)
 
 
-def _load_pickle_weights_only(path: Path) -> dict[str, torch.Tensor]:
+def _load_pickle_weights_only(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ...
@@ -140,6 +140,8 @@ def _load_pickle_weights_only(path: Path) -> dict[str, torch.Tensor]:
             f"refused: not loadable with the weights-only loader (unsafe or corrupt pickle: {type(exc).__name__})",
             path=str(path),
         ) from exc
+    meta = obj.get("__metadata__") if isinstance(obj, dict) else None
+    metadata = {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
@@ -147,7 +149,7 @@ def _load_pickle_weights_only(path: Path) -> dict[str, torch.Tensor]:
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
         raise AdapterFileError("pickle holds no tensors", path=str(path))
-    return tensors
+    return tensors, metadata  # metadata as save_tensor_file writes it for .pt, so `auto` reads HadaKron's tag
 
 
 def save_tensor_file(

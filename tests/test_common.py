@@ -162,3 +162,9 @@ def test_streaming_write_round_trip(tmp_path):
     save(tmp_path / "s.safetensors", specs, lambda name: torch.full((256, 256), float(name[1:])))
     loaded, _ = load_tensor_file(tmp_path / "s.safetensors")
     assert float(loaded["t7"][0, 0]) == 7.0
+
+
+def test_pt_files_keep_their_metadata(tmp_path):
+    path = save_tensor_file({"m.lokr_w1": torch.ones(2, 2)}, tmp_path / "a.pt", {"hadakron.convention": "lycoris"})
+    tensors, meta = load_tensor_file(path)
+    assert meta == {"hadakron.convention": "lycoris"} and set(tensors) == {"m.lokr_w1"}

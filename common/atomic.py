@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,9 @@ from typing import BinaryIO
 from .errors import OutputExistsError
 
 TEMP_PREFIX = ".hadakron-tmp-"
+# ``.hadakron-tmp-<host>.<pid>-<random>.part``: the writer's host and PID let a later run tell a temp
+# file of a writer that was killed (``kill -9`` cannot clean up) from one still being written.
+_TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"(?P<host>[A-Za-z0-9_-]*)\.(?P<pid>\d+)-[^.]*\.part$")
 
 
 @contextlib.contextmanager
@@ -33,7 +38,7 @@ def atomic_open(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Bi
     dest = Path(path)
     _refuse_existing(dest, overwrite)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=dest.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{_host()}.{os.getpid()}-", suffix=".part", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -58,6 +63,42 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], ove
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:
     """Atomically write ``data`` to ``path``."""
     return atomic_write(path, lambda handle: handle.write(data), overwrite=overwrite)
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files in ``folder`` whose writer (a process on this host) no longer runs.
+
+    A writer killed outright (``kill -9``, power loss) leaves its hidden ``.part`` file behind; the
+    published files are never affected. Temp files of running writers, of other hosts, or (outside
+    POSIX, where liveness cannot be checked safely) of anyone are kept. Returns the removed paths.
+    """
+    folder = Path(folder)
+    if os.name != "posix" or not folder.is_dir():
+        return []
+    removed = []
+    for name in os.listdir(folder):
+        match = _TEMP_NAME.match(name)
+        if match and match["host"] == _host() and not _pid_running(int(match["pid"])):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder / name)
+                removed.append(folder / name)
+    return removed
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64]
+
+
+def _pid_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only (POSIX)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists but belongs to someone else
+        return True
+    return True
 
 
 def _refuse_existing(dest: Path, overwrite: bool) -> None:

@@ -168,3 +168,21 @@ def test_pt_files_keep_their_metadata(tmp_path):
     path = save_tensor_file({"m.lokr_w1": torch.ones(2, 2)}, tmp_path / "a.pt", {"hadakron.convention": "lycoris"})
     tensors, meta = load_tensor_file(path)
     assert meta == {"hadakron.convention": "lycoris"} and set(tensors) == {"m.lokr_w1"}
+
+
+@pytest.mark.skipif(os.name != "posix", reason="PID liveness is checked on POSIX only")
+def test_stale_temps_of_dead_writers_are_removed_others_kept(tmp_path):
+    from hadakron.common.atomic import _host, remove_stale_temps
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = {
+        "dead": f"{TEMP_PREFIX}{_host()}.{dead.pid}-abc.part",
+        "alive": f"{TEMP_PREFIX}{_host()}.{os.getpid()}-abc.part",
+        "other_host": f"{TEMP_PREFIX}not-{_host()}.{dead.pid}-abc.part",
+        "not_a_temp": "model.safetensors",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"x")
+    assert remove_stale_temps(tmp_path) == [tmp_path / names["dead"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(v for k, v in names.items() if k != "dead")

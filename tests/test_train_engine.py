@@ -6,14 +6,23 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
+from safetensors.torch import load_file
 
+from hadakron.common.atomic import TEMP_PREFIX
 from hadakron.training.batches import BatchStream, epoch_batches, shuffle_tags
-from hadakron.training.checkpoint import output_names, resolve_factor, save_adapter_file
+from hadakron.training.checkpoint import load_state, output_names, resolve_factor, save_adapter_file, state_path
 from hadakron.training.config import TrainConfig, apply_network_args, parse_network_args, ss_network_args
 from hadakron.training.data import AdapterDataset, TrainingItem
 from hadakron.training.metadata import RunInfo, file_hashes, full_metadata
@@ -336,3 +345,66 @@ def test_output_names_are_sanitised(tmp_path):
     names = output_names(tmp_path, "sub/my:lokr.pt")
     assert names.final() == tmp_path / "sub" / "my_lokr.pt"
     assert names.step(10).name == "my_lokr-step00000010.pt"
+
+
+def _child(folder, name: str, *extra: str) -> subprocess.Popen:
+    """Start ``engine_train_child.py`` (engine-level training in a fresh process)."""
+    cmd = [sys.executable, str(Path(__file__).with_name("engine_train_child.py")), str(folder), name, *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 120) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _wait_for_line(proc: subprocess.Popen, wanted: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if selector.select(timeout=1.0):
+                line = proc.stdout.readline()
+                assert line, f"child ended before {wanted!r}: {proc.stderr.read()[-3000:]}"
+                if line.strip() == wanted:
+                    return
+    raise AssertionError(f"child did not print {wanted!r} within {timeout}s")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL and PID liveness checks are POSIX")
+def test_kill_9_mid_checkpoint_then_resume_equals_uninterrupted(tmp_path):
+    """kill -9 while checkpoint 4 is being written: checkpoint 2 stays usable, no partial file is ever
+    published, and resuming from it in a fresh process gives bit-identical weights and losses."""
+    from engine_train_child import EVERY, STEPS
+
+    folder = tmp_path / "loras"
+    reference = _child(tmp_path / "ref", "run")
+    killed = _child(folder, "run", "--pause-publishing", "run-step00000004.safetensors")
+    try:
+        _wait_for_line(killed, "PAUSED")  # step-4 file fully written to its temp file, not yet renamed
+        names = output_names(folder, "run")
+        assert names.step(2).is_file() and state_path(names.step(2)).is_file()
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=30)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+            killed.wait()
+    want = _finish(reference)
+    left = sorted(p.name for p in folder.iterdir())
+    temps = [n for n in left if n.startswith(TEMP_PREFIX) and n.endswith(".part")]
+    # nothing partial under a final name: the complete checkpoint 2, plus the killed writer's hidden temp file
+    assert len(temps) == 1 and left == temps + ["run-step00000002.hkstate", "run-step00000002.safetensors"], left
+    assert load_state(state_path(names.step(2)))["step"] == 2 and load_file(str(names.step(2)))
+
+    got = _finish(_child(folder, "run", "--resume", str(names.step(EVERY))))
+    assert got["losses"] == want["losses"] and len(got["losses"]) == STEPS  # losses after the resume point too
+    a, b = load_file(want["final"]), load_file(got["final"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert {v.dtype for v in a.values()} == {torch.float32, torch.int64}  # fp32 weights (+ the lokr_factor buffer)
+    for step in (4, 6):  # checkpoints written after the resume equal the uninterrupted run's
+        ref_ckpt = load_file(str(output_names(tmp_path / "ref", "run").step(step)))
+        assert all(torch.equal(v, load_file(str(names.step(step)))[k]) for k, v in ref_ckpt.items())
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX)]  # the killed run's temp is gone

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..common.atomic import remove_stale_temps
 from ..common.errors import AdapterFileError, ConventionError, OutputExistsError
 from ..keymap import KeyResolver
 from .batches import BatchStream
@@ -127,7 +128,12 @@ class TrainingSession:
 
     # --- running and saving ------------------------------------------------------------------
     def train(self, on_step=None, check_interrupt=None, is_interrupt=None) -> Path:
-        """Run to the end and write the final file; on an interrupt write a checkpoint and re-raise."""
+        """Run to the end and write the final file; on an interrupt write a checkpoint and re-raise.
+
+        Temp files that a killed earlier run (``kill -9``) left in the output folder are removed first.
+        """
+        for stale in remove_stale_temps(self.names.final().parent):
+            LOG.info("HadaKron train: removed %s, left by a writer that was killed", stale.name)
         try:
             self.trainer.run(on_step, check_interrupt, on_checkpoint=self.save_checkpoint)
         except BaseException as exc:

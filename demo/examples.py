@@ -84,8 +84,8 @@ def train_and_sample() -> list[Node]:
         Node(
             "train",
             "HadaKronTrainAdapter",
-            {"steps": 500, "output_name": "my_wan_lokr"},
-            {"model": ("unet", 0), "dataset": ("dataset", 0), "positive": ("pos", 0)},
+            {"steps": 500, "output_name": "my_wan_lokr", "sample_every_n_steps": 100},
+            {"model": ("unet", 0), "dataset": ("dataset", 0), "positive": ("pos", 0), "sample_vae": ("vae", 0)},
         ),
         *_wan_sampling("train", "hadakron/trained_sample"),
     ]

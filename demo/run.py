@@ -67,6 +67,7 @@ def train(server, info: dict, steps: int = 60) -> tuple[dict, list]:
             "overwrite": True,
             "seed": 1,
             "timestep_sampling": "uniform",
+            "sample_every_n_steps": max(1, steps // 2),  # preview samples (decoded by the example's VAE)
         },
         **SAMPLING,
     }

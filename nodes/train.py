@@ -24,6 +24,7 @@ from .guard import run_guarded
 from .model_info import model_family
 from .train_model import training_history
 from .train_run import NONE, dataset_from_inputs, lora_choices, run_training
+from .train_sample import sample_inputs, sample_settings
 
 DATASET_TYPE = io.Custom("HADAKRON_DATASET")
 KEY_FORMAT_HELP = (
@@ -137,7 +138,8 @@ class TrainAdapter(io.ComfyNode):
             display_name="Train LoKr/LoHa/LoRA",
             category="HadaKron/train",
             description="Flow-matching adapter training through the ComfyUI model's own forward: musubi-tuner's "
-            "targets, timesteps, velocity loss and metadata; LoKr/LoHa never build the full delta.",
+            "targets, timesteps, velocity loss and metadata; LoKr/LoHa never build the full delta. Optional preview "
+            "samples every N steps (sample_* inputs).",
             is_experimental=True,
             is_input_list=True,
             inputs=[
@@ -158,6 +160,7 @@ class TrainAdapter(io.ComfyNode):
                 *_network_inputs(),
                 *_run_inputs(),
                 *_file_inputs(),
+                *sample_inputs(),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="The model with the trained adapter applied."),
@@ -165,6 +168,11 @@ class TrainAdapter(io.ComfyNode):
                 io.LossMap.Output(display_name="LOSS_MAP", tooltip="{'loss': [...]} per step."),
                 io.Image.Output(display_name="loss_curve", tooltip="The loss curve."),
                 io.String.Output(display_name="path", tooltip="The saved file."),
+                io.Image.Output(
+                    display_name="samples",
+                    tooltip="The preview samples, one per sample point (first frame for video; a black 64x64 image "
+                    "when sampling is off).",
+                ),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -172,14 +180,17 @@ class TrainAdapter(io.ComfyNode):
     @classmethod
     def execute(cls, model, latents=None, positive=None, dataset=None, model_high=None, **widgets) -> io.NodeOutput:
         values = {k: v[0] for k, v in widgets.items() if isinstance(v, list) and v}
+        links = {k: values.pop(k, None) for k in ("sample_positive", "sample_negative", "sample_vae")}
 
         def work():
             data = dataset_from_inputs(dataset[0] if dataset else None, latents, positive)
             high = model_high[0] if model_high else None
-            result = run_training(model[0], data, values, getattr(cls.hidden, "unique_id", None), high)
+            sampling = sample_settings(values, links["sample_positive"], links["sample_negative"], links["sample_vae"])
+            result = run_training(model[0], data, values, getattr(cls.hidden, "unique_id", None), high, sampling)
             losses = {"loss": result.losses}
             ui = {"text": [result.summary]}
-            return io.NodeOutput(result.model, result.lora, losses, result.image, result.path, ui=ui)
+            outputs = (result.model, result.lora, losses, result.image, result.path, result.samples)
+            return io.NodeOutput(*outputs, ui=ui)
 
         return run_guarded(work)
 

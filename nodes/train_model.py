@@ -89,7 +89,8 @@ class ComfyModelAccess:
         dims = getattr(self.base.latent_format, "latent_dimensions", 2)
         self.latent_ndim = int(dims) + 1
 
-    def _latent(self, latent: torch.Tensor) -> torch.Tensor:
+    def model_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """A dataset latent (no batch dim) in the layout this model samples (image latents get a frame axis)."""
         if latent.dim() == self.latent_ndim - 1 and self.latent_ndim == 4:
             return latent.unsqueeze(1)  # image latent for a video model: one frame
         if latent.dim() == self.latent_ndim + 1 and latent.shape[1] == 1:
@@ -98,7 +99,7 @@ class ComfyModelAccess:
 
     def prepare(self, batch):
         """Stack the batch's latents (model space via ``process_latent_in``) and encode its conds."""
-        latents = torch.stack([self._latent(item.latent).float() for item in batch.items]).to(self.device)
+        latents = torch.stack([self.model_latent(item.latent).float() for item in batch.items]).to(self.device)
         x0 = self.base.process_latent_in(latents).float()
         kwargs = self._conditioning(batch, x0)
         return x0, kwargs
@@ -156,6 +157,25 @@ def _with_control(cond, control_latents):
         return cond
     refs = [lat if lat.dim() >= 4 else lat.unsqueeze(0) for lat in control_latents]
     return [[c[0], {**c[1], "reference_latents": list(c[1].get("reference_latents", [])) + refs}] for c in cond]
+
+
+@contextlib.contextmanager
+def comfy_training_mode(value: bool = True):
+    """Set ComfyUI's ``model_management.in_training`` flag to ``value`` (restored after), where it exists (0.33+).
+
+    With it, newer ComfyUI uses differentiable ops (e.g. its RoPE) instead of fused inference kernels
+    that have no autograd formula; 0.3.75 has no such flag and needs none. Preview sampling during
+    training turns it off again.
+    """
+    mm = comfy.model_management
+    if not hasattr(mm, "in_training"):
+        yield
+        return
+    previous, mm.in_training = mm.in_training, value
+    try:
+        yield
+    finally:
+        mm.in_training = previous
 
 
 def is_interrupt(exc: BaseException) -> bool:

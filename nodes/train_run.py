@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -26,10 +25,12 @@ from .train_model import (
     ProgressReporter,
     block_paths,
     check_interrupt,
+    comfy_training_mode,
     is_interrupt,
     trained_model,
     training_patcher,
 )
+from .train_sample import SamplePreviewer, SampleSettings, chain_steps
 
 LOG = logging.getLogger("hadakron")
 NONE = "[none]"
@@ -45,6 +46,7 @@ class TrainResult:
     image: torch.Tensor
     path: str
     summary: str
+    samples: torch.Tensor
 
 
 def config_from_inputs(values: dict) -> TrainConfig:
@@ -92,37 +94,22 @@ def _resolve_factor(config: TrainConfig, initial: str, resume: str):
     return source
 
 
-def run_training(model, dataset, values: dict, node_id=None, model_high=None) -> TrainResult:
-    """Train on ``model`` with the node's ``values``; returns the outputs (files written on the way)."""
+def run_training(model, dataset, values: dict, node_id=None, model_high=None, sampling=None) -> TrainResult:
+    """Train on ``model`` with the node's ``values``; returns the outputs (files written on the way).
+
+    ``sampling`` (:class:`SampleSettings`) turns on preview samples every N steps.
+    """
     config = config_from_inputs(values)
     family = model_family(model.model)
     initial, resume = values.get("initial_weights", NONE), values.get("resume_from", NONE)
     source = _resolve_factor(config, initial, resume)
     loras = folder_paths.get_folder_paths("loras")[0]
     with torch.inference_mode(False), torch.enable_grad(), comfy_training_mode():  # executor runs in inference mode
-        return _train(model, dataset, config, family, (source, initial, resume), loras, node_id, model_high)
+        sources = (source, initial, resume)
+        return _train(model, dataset, config, family, sources, loras, node_id, model_high, sampling or SampleSettings())
 
 
-@contextlib.contextmanager
-def comfy_training_mode():
-    """Set ComfyUI's ``model_management.in_training`` flag while training, where it exists (0.33+).
-
-    With it, newer ComfyUI uses differentiable ops (e.g. its RoPE) instead of fused inference kernels
-    that have no autograd formula; 0.3.75 has no such flag and needs none.
-    """
-    import comfy.model_management as mm
-
-    if not hasattr(mm, "in_training"):
-        yield
-        return
-    previous, mm.in_training = mm.in_training, True
-    try:
-        yield
-    finally:
-        mm.in_training = previous
-
-
-def _train(model, dataset, config, family, sources, loras, node_id, model_high) -> TrainResult:
+def _train(model, dataset, config, family, sources, loras, node_id, model_high, sampling) -> TrainResult:
     source, initial, resume = sources
     with training_patcher(model, config.training_dtype) as patcher, _high(model_high, config) as high:
         access = ComfyModelAccess(patcher, high, config.timestep_boundary)
@@ -136,8 +123,9 @@ def _train(model, dataset, config, family, sources, loras, node_id, model_high) 
         session = TrainingSession(root, family, config, dataset, model_access, loras, access.device, _model_name(model))
         summary = _start(session, source, resume, initial)
         reporter = ProgressReporter(node_id, session.trainer.total, session.start_step)
-        path = session.train(reporter, check_interrupt, is_interrupt)
-    return _outputs(model, session, path, summary)
+        previewer = SamplePreviewer(sampling, access, session.network, dataset, reporter.bar)
+        path = session.train(chain_steps(reporter, previewer), check_interrupt, is_interrupt)
+    return _outputs(model, session, path, summary, previewer.images())
 
 
 def _start(session: TrainingSession, source, resume: str, initial: str) -> str:
@@ -175,7 +163,7 @@ def _model_name(model) -> str:
     return type(cfg).__name__ if cfg is not None else type(model.model).__name__
 
 
-def _outputs(model, session: TrainingSession, path: Path, summary: str) -> TrainResult:
+def _outputs(model, session: TrainingSession, path: Path, summary: str, samples: torch.Tensor) -> TrainResult:
     network = session.network
     lora = network.state_dict_for_file("comfy", torch.float32, with_factor=False)
     losses = list(session.trainer.losses)
@@ -184,7 +172,8 @@ def _outputs(model, session: TrainingSession, path: Path, summary: str) -> Train
         f"factor {session.config.factor}); {session.trainer.step} steps; final loss "
         f"{losses[-1] if losses else float('nan'):.5f}; saved {path.name}"
     )
-    return TrainResult(trained_model(model, network), lora, losses, loss_image(losses), str(path), text)
+    image = loss_image(losses)
+    return TrainResult(trained_model(model, network), lora, losses, image, str(path), text, samples)
 
 
 def loss_image(losses: list[float], width: int = 800, height: int = 480, margin: int = 40) -> torch.Tensor:

@@ -4,7 +4,8 @@ Proves: loss falls when overfitting; same seed => identical losses; interrupted-
 uninterrupted (losses and weights); the shared model is left untouched; the saved file reloads in
 HadaKron's loader under ``auto`` with the trained effect, in ComfyUI's native loader (``comfy`` key
 format and the LORA_MODEL output) and in LyCORIS; the Z-Image objective equals musubi's with exactly
-one time reversal.
+one time reversal; preview sampling every N steps leaves the run bit-identical and yields one image per
+sample point (latent-to-RGB or VAE-decoded, WAN 2.2 expert split, never fatal).
 """
 
 from __future__ import annotations
@@ -95,8 +96,9 @@ def test_loss_falls_when_overfitting(comfy, wan):
 def test_same_seed_identical_and_shared_model_untouched(comfy, wan, run_a):
     again = train(comfy, wan, "t/run_a_again")
     assert again.result[2]["loss"] == run_a.result[2]["loss"]
-    model_out, lora, losses, image, path = run_a.result
+    model_out, lora, losses, image, path, samples = run_a.result
     assert len(losses["loss"]) == STEPS and image.shape[-1] == 3 and Path(path).name == "run_a.safetensors"
+    assert samples.shape == (1, 64, 64, 3) and not samples.any()  # sampling off
     assert wan.patches == {} and len(_target_keys(model_out)) == TARGETS
     for module in wan.model.diffusion_model.modules():
         assert "forward" not in module.__dict__
@@ -129,8 +131,71 @@ def test_interrupted_then_resumed_equals_uninterrupted(comfy, wan, run_a):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _capture_previews(comfy):
+    """Install a progress hook that records preview images; returns (records, restore)."""
+    utils = comfy.comfy.utils
+    previous, seen = utils.PROGRESS_BAR_HOOK, []
+    utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, preview)))
+    return seen, lambda: utils.set_progress_bar_global_hook(previous)
+
+
+def test_preview_sampling_keeps_training_bit_identical(comfy, wan, run_a):
+    seen, restore = _capture_previews(comfy)
+    rng = torch.get_rng_state()
+    try:
+        out = train(comfy, wan, "t/run_sampled", sample_every_n_steps=2, sample_steps=2, sample_seed=11)
+    finally:
+        restore()
+    assert out.result[2]["loss"] == run_a.result[2]["loss"]  # bit-identical to the run without sampling
+    a, b = load_file(run_a.result[4]), load_file(out.result[4])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(torch.get_rng_state(), rng)  # ComfyUI's torch.manual_seed was undone
+    samples = out.result[5]
+    assert samples.shape == (STEPS // 2, 8, 8, 3) and samples.dtype == torch.float32  # latent-to-RGB, 8x8 latent
+    assert 0.0 <= float(samples.min()) and float(samples.max()) <= 1.0
+    assert not torch.equal(samples[0], samples[-1])  # the adapter trained between sample points
+    previews = [(step, p) for step, p in seen if p is not None]
+    assert [step for step, _ in previews] == [2, 4, 6]
+    assert all(p[0] == "JPEG" and p[1].size == (8, 8) and p[2] == 512 for _, p in previews)
+    assert all("forward" not in m.__dict__ for m in wan.model.diffusion_model.modules())
+    drop = dict(steps=4, rank_dropout=0.3, module_dropout=0.2)  # the dropout generator is left alone too
+    plain = train(comfy, wan, "t/run_drop", **drop).result[2]["loss"]
+    assert train(comfy, wan, "t/run_drop_s", sample_every_n_steps=1, sample_steps=1, **drop).result[2]["loss"] == plain
+
+
+def test_preview_sampling_decodes_with_a_vae(comfy, wan, tmp_path):
+    path = tiny_models.write_tiny_wan_vae(tmp_path / "tiny_vae.safetensors")
+    with torch.inference_mode():  # as loaded by ComfyUI's executor
+        vae = comfy.comfy.sd.VAE(sd=comfy.comfy.utils.load_torch_file(str(path)))
+        positive = [[torch.randn(1, 8, 64, generator=torch.Generator().manual_seed(9)), {}]]
+    values = dict(sample_every_n_steps=2, sample_steps=2, sample_cfg=2.0, steps=2)  # cfg 2: zeroed negative used
+    out = train(comfy, wan, "t/run_vae", sample_vae=vae, sample_positive=positive, **values)
+    samples = out.result[5]
+    assert samples.shape == (1, 64, 64, 3) and samples.std() > 0
+
+
+def test_preview_stages_split_at_the_wan22_boundary(comfy, wan):
+    from types import SimpleNamespace
+
+    from hadakron.nodes.train_sample import SamplePreviewer, SampleSettings
+
+    access = SimpleNamespace(patcher=wan, high="high expert", boundary=0.9)
+    stages = SamplePreviewer(SampleSettings(steps=2), access, None, None, None).stages()  # tiny WAN: 1, 0.889, 0
+    assert [m for m, _ in stages] == ["high expert", wan]
+    assert stages[0][1].tolist() == pytest.approx([1.0, 8 / 9]) and stages[1][1].tolist() == pytest.approx([8 / 9, 0])
+
+
+def test_failed_preview_does_not_stop_training(comfy, wan, caplog):
+    wrong = [[torch.randn(1, 8, 7), {}]]  # text dim 7: the model's cross-attention rejects it
+    values = dict(steps=2, sample_every_n_steps=1, sample_steps=1, sample_positive=wrong)
+    with caplog.at_level("WARNING", logger="hadakron"):
+        out = train(comfy, wan, "t/run_bad_preview", **values)
+    assert len(out.result[2]["loss"]) == 2 and out.result[5].shape == (1, 64, 64, 3) and not out.result[5].any()
+    assert caplog.text.count("preview sample failed at step 1") == 1  # once; previews then stay off
+
+
 def test_saved_file_reloads_under_auto_with_the_trained_effect(comfy, wan, run_a):
-    model_out, _, _, _, path = run_a.result
+    model_out, _, _, _, path, _ = run_a.result
     with safe_open(path, "pt") as handle:
         meta = handle.metadata()
         keys = list(handle.keys())
@@ -151,7 +216,7 @@ def test_saved_file_reloads_under_auto_with_the_trained_effect(comfy, wan, run_a
 
 def test_comfy_key_format_and_lora_model_load_natively(comfy, wan, run_a, caplog):
     sd_module, utils = comfy.comfy.sd, comfy.comfy.utils
-    model_out, lora, _, _, _ = run_a.result
+    model_out, lora, _, _, _, _ = run_a.result
     save = comfy.node_class("HadaKronSaveAdapter")
     path = save.execute(
         lora=lora,
@@ -249,8 +314,9 @@ def test_zimage_objective_equals_musubi_with_one_reversal(comfy):
 
 
 def test_checkpointing_initial_weights_history_and_dual_model(comfy, wan, run_a):
-    ckpt = train(comfy, wan, "t/run_ckpt", gradient_checkpointing=True)
+    ckpt = train(comfy, wan, "t/run_ckpt", gradient_checkpointing=True, sample_every_n_steps=3, sample_steps=1)
     torch.testing.assert_close(ckpt.result[2]["loss"], run_a.result[2]["loss"], rtol=1e-5, atol=1e-6)
+    assert ckpt.result[5].shape == (2, 8, 8, 3)  # sampled through the checkpointed blocks (no grad)
     # initial weights (musubi --network_weights): lr 0 keeps them exactly
     start = train(comfy, wan, "t/run_init", initial_weights="t/run_a.safetensors", learning_rate=0.0, steps=1)
     a, b = load_file(run_a.result[4]), load_file(start.result[4])
@@ -264,11 +330,12 @@ def test_checkpointing_initial_weights_history_and_dual_model(comfy, wan, run_a)
     dual = comfy.node_class("HadaKronTrainAdapter")
     latents, positive = _data()
     values = dict(steps=3, network_dim=4, output_name="t/run_dual", overwrite=True, timestep_boundary=0.5)
+    values.update(sample_every_n_steps=3, sample_steps=2)  # preview: high expert, then low model
     with torch.inference_mode():
         out = dual.execute(
             model=[wan], model_high=[high], latents=latents, positive=positive, **{k: [v] for k, v in values.items()}
         )
-    assert len(out.result[2]["loss"]) == 3 and high.patches == {}
+    assert len(out.result[2]["loss"]) == 3 and high.patches == {} and out.result[5].shape == (1, 8, 8, 3)
     assert all("forward" not in m.__dict__ for m in high.model.diffusion_model.modules())
 
 

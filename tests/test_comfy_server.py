@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import errno
 import json
+import os
+import struct
 import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +142,80 @@ def test_tiny_wan_graph_samples(server):
 def test_unknown_node_is_rejected(server):
     with pytest.raises(ComfyServerError, match="invalid_prompt|node_errors"):
         server.post_prompt({"1": {"class_type": "NoSuchNodeHadaKron", "inputs": {}}})
+
+
+def write_sparse_adapter(path: Path, modules: int = 4, rank: int = 64, width: int = 2**27) -> int:
+    """A valid safetensors LoRA whose header declares ``modules`` x 64 GiB of weights; only the header and
+    the alpha scalars are written, the rest is a hole (``truncate``), so it uses no disk. Returns its size."""
+    header: dict = {"__metadata__": {"ss_network_module": "networks.lora"}}
+    names = [f"lora_unet_blocks_{i}_self_attn_q" for i in range(modules)]
+    offset = 0
+    for name in names:
+        header[f"{name}.alpha"] = {"dtype": "F32", "shape": [], "data_offsets": [offset, offset + 4]}
+        offset += 4
+    for name in names:
+        for role, shape in (("lora_down.weight", [rank, width]), ("lora_up.weight", [width, rank])):
+            header[f"{name}.{role}"] = {
+                "dtype": "F32",
+                "shape": shape,
+                "data_offsets": [offset, offset + rank * width * 4],
+            }
+            offset += rank * width * 4
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(raw)) + raw + struct.pack("<f", 8.0) * modules)
+        handle.truncate(8 + len(raw) + offset)
+    return 8 + len(raw) + offset
+
+
+def _open_fifo_writer(fifo: Path, timeout: float) -> int:
+    """The FIFO's write end, once a reader has it open (``ENXIO`` until then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a FIFO to hold a request in flight")
+def test_inspect_route_reads_only_the_header_and_never_blocks_the_server(server):
+    """``/hadakron/inspect`` on a 256 GiB (sparse) file answers from the header at once; while another
+    inspect request is stuck reading a file that never delivers (a FIFO), the server keeps answering."""
+    loras = server.base_dir / "models" / "loras"
+    huge, stuck = loras / "reliability_huge.safetensors", loras / "reliability_stuck.safetensors"
+    size = write_sparse_adapter(huge)
+    if huge.stat().st_blocks * 512 > 2**24:
+        huge.unlink()
+        pytest.skip("the temp filesystem has no sparse files")
+    os.mkfifo(stuck)
+    stuck_answer: list = []
+    pending = threading.Thread(
+        target=lambda: stuck_answer.append(server.request("GET", f"/hadakron/inspect?file={stuck.name}", timeout=120))
+    )
+    writer = None
+    try:
+        pending.start()
+        writer = _open_fifo_writer(stuck, timeout=30)  # the server's reader is now blocked on the FIFO
+        started = time.monotonic()
+        assert server.request("GET", "/system_stats", timeout=10)[0] == 200
+        status, info = server.request("GET", f"/hadakron/inspect?file={huge.name}", timeout=10)
+        assert time.monotonic() - started < 10
+        assert status == 200, info
+        assert info["size_bytes"] == size > 2**38 and info["modules"] == 4 and info["tensors"] == 12
+        assert info["algorithms"] == {"lora": 4} and info["ranks"] == {"64": 4} and info["alphas"] == {"8": 4}
+        assert pending.is_alive() and not stuck_answer  # still in flight the whole time
+    finally:
+        if writer is None:
+            with contextlib.suppress(OSError):
+                writer = _open_fifo_writer(stuck, timeout=5)
+        if writer is not None:
+            os.close(writer)  # EOF: the stuck reader now fails cleanly
+        pending.join(timeout=30)
+        stuck.unlink()
+        huge.unlink()
+    status, body = stuck_answer[0]
+    assert status == 400 and stuck.name in body["error"], body

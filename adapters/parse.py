@@ -151,16 +151,36 @@ def _alpha(module: str, tensor: torch.Tensor | None) -> float | None:
 
 
 def _all_finite(tensors) -> bool:
-    """True if no floating tensor holds NaN/Inf.
+    """True if no floating tensor holds NaN/Inf (a cheap screen; ``False`` may be a false alarm).
 
-    One reduction per tensor (a NaN/Inf anywhere makes the sum non-finite); a sum that overflows
-    only causes a false alarm, which the exact per-tensor check then clears.
+    Tensors viewing one buffer (as the safetensors reader returns them) are screened with one pass
+    over that buffer read as their main dtype (other bytes in it can only cause false alarms); the
+    rest get one reduction each (a NaN/Inf makes the sum non-finite; an overflowing sum only causes a
+    false alarm). The exact per-tensor check then runs only when this returns ``False``.
     """
-    sums = []
-    for tensor in tensors:
-        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.numel():
-            sums.append((tensor.float() if tensor.element_size() == 1 else tensor).sum(dtype=torch.float32))
+    floats = [t for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
+    shared = _shared_buffer_view(floats)
+    if shared is not None:
+        if not bool(torch.isfinite(shared).all()):
+            return False
+        floats = [t for t in floats if t.dtype != shared.dtype]
+    sums = [(t.float() if t.element_size() == 1 else t).sum(dtype=torch.float32) for t in floats]
     return not sums or bool(torch.isfinite(torch.stack(sums)).all())
+
+
+def _shared_buffer_view(floats: list[torch.Tensor]) -> torch.Tensor | None:
+    """The whole buffer behind ``floats`` read as their commonest dtype, if they all share one CPU buffer."""
+    if len(floats) < 2 or floats[0].device.type != "cpu":
+        return None
+    storage = floats[0].untyped_storage()
+    if any(t.untyped_storage().data_ptr() != storage.data_ptr() for t in floats):
+        return None
+    dtype = max({t.dtype for t in floats}, key=lambda d: sum(t.numel() for t in floats if t.dtype == d))
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if itemsize == 1:
+        return None
+    raw = torch.empty(0, dtype=torch.uint8).set_(storage)
+    return raw[: raw.numel() - raw.numel() % itemsize].view(dtype)
 
 
 def _need(module: str, tensors: dict, roles: tuple[str, ...], algo: str) -> None:

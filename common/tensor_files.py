@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -54,23 +55,31 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, st
     try:
         size = path.stat().st_size
         with open(path, "rb") as handle:
-            raw_len = handle.read(8)
-            if len(raw_len) < 8:
-                raise AdapterFileError("too short to be a safetensors file", path=str(path))
-            (header_len,) = struct.unpack("<Q", raw_len)
-            if header_len > MAX_HEADER_BYTES or header_len + 8 > size:
-                raise AdapterFileError(
-                    f"header length {header_len} does not fit a {size}-byte file (truncated or not safetensors)",
-                    path=str(path),
-                )
+            header_len = _header_length(handle.read(8), size, path)
             header_bytes = handle.read(header_len)
     except OSError as exc:
         raise AdapterFileError(f"cannot read file: {exc.strerror or exc}", path=str(path)) from exc
+    return _checked_header(header_bytes, size - 8 - header_len, path)
+
+
+def _header_length(raw_len: bytes, size: int, path: Path) -> int:
+    if len(raw_len) < 8:
+        raise AdapterFileError("too short to be a safetensors file", path=str(path))
+    (header_len,) = struct.unpack("<Q", raw_len)
+    if header_len > MAX_HEADER_BYTES or header_len + 8 > size:
+        raise AdapterFileError(
+            f"header length {header_len} does not fit a {size}-byte file (truncated or not safetensors)",
+            path=str(path),
+        )
+    return header_len
+
+
+def _checked_header(header_bytes: bytes, data_len: int, path: Path) -> tuple[dict, dict[str, str]]:
     header = _parse_header_json(header_bytes, path)
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise AdapterFileError("__metadata__ must map strings to strings", path=str(path))
-    _check_entries(header, size - 8 - header_len, path)
+    _check_entries(header, data_len, path)
     return header, metadata
 
 
@@ -88,26 +97,29 @@ def _check_entries(header: dict, data_len: int, path: Path) -> None:
     for name, entry in header.items():
         if not isinstance(entry, dict):
             raise AdapterFileError(f"tensor entry {name!r} is not an object", path=str(path))
-        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in ST_TO_DTYPE:
-            raise AdapterFileError(f"tensor {name!r} has unsupported dtype {dtype!r}", path=str(path))
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise AdapterFileError(f"tensor {name!r} has an invalid shape {shape!r}", path=str(path))
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
-            raise AdapterFileError(f"tensor {name!r} has invalid data offsets", path=str(path))
-        start, end = offsets
-        numel = 1
-        for d in shape:
-            numel *= d
-        if not 0 <= start <= end <= data_len or end - start != numel * _itemsize(dtype):
-            raise AdapterFileError(f"tensor {name!r} data does not fit the file (truncated?)", path=str(path))
+        problem = _entry_problem(entry.get("dtype"), entry.get("shape"), entry.get("data_offsets"), data_len)
+        if problem:
+            raise AdapterFileError(f"tensor {name!r} {problem}", path=str(path))
+
+
+def _entry_problem(dtype, shape, offsets, data_len: int) -> str | None:
+    itemsize = _ITEMSIZE.get(dtype) if isinstance(dtype, str) else None
+    if itemsize is None:
+        return f"has unsupported dtype {dtype!r}"
+    if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
+        return f"has an invalid shape {shape!r}"
+    if type(offsets) is not list or len(offsets) != 2 or not all(type(o) is int for o in offsets):
+        return "has invalid data offsets"
+    start, end = offsets
+    numel = 1
+    for d in shape:
+        numel *= d
+    if not 0 <= start <= end <= data_len or end - start != numel * itemsize:
+        return "data does not fit the file (truncated?)"
+    return None
 
 
 _ITEMSIZE = {code: torch.tensor([], dtype=dtype).element_size() for code, dtype in ST_TO_DTYPE.items()}
-
-
-def _itemsize(code: str) -> int:
-    return _ITEMSIZE[code]
 
 
 def load_tensor_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -122,14 +134,42 @@ def load_tensor_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return _load_pickle_weights_only(path)
-    _, metadata = read_safetensors_header(path)
-    try:
+    if sys.byteorder != "little":  # safetensors data is little-endian; let the library convert
         from safetensors.torch import load_file
 
-        tensors = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for bad data
-        raise AdapterFileError(f"cannot read safetensors data: {exc}", path=str(path)) from exc
+        return load_file(str(path)), dict(read_safetensors_header(path)[1])
+    entries, metadata, data = _read_whole_safetensors(path)
+    tensors = {
+        name: _view_tensor(data, *entry["data_offsets"], ST_TO_DTYPE[entry["dtype"]], entry["shape"])
+        for name, entry in entries.items()
+    }
     return tensors, dict(metadata)
+
+
+def _read_whole_safetensors(path: Path) -> tuple[dict, dict[str, str], bytearray]:
+    """Checked header, metadata and the data region, read with one pass over the file."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            header_len = _header_length(handle.read(8), size, path)
+            header_bytes = handle.read(header_len)
+            data = bytearray(size - 8 - header_len)
+            if handle.readinto(data) != len(data):
+                raise AdapterFileError("file changed while reading (truncated)", path=str(path))
+    except OSError as exc:
+        raise AdapterFileError(f"cannot read file: {exc.strerror or exc}", path=str(path)) from exc
+    entries, metadata = _checked_header(header_bytes, len(data), path)
+    return entries, metadata, data
+
+
+def _view_tensor(data: bytearray, start: int, end: int, dtype: torch.dtype, shape: list) -> torch.Tensor:
+    """A tensor viewing ``data[start:end]`` (copied when its offset is not aligned to the element size)."""
+    itemsize = _ITEMSIZE[DTYPE_TO_ST[dtype]]
+    if end == start:
+        return torch.empty(shape, dtype=dtype)
+    if start % itemsize:
+        return torch.frombuffer(bytearray(data[start:end]), dtype=dtype).view(shape)
+    return torch.frombuffer(data, dtype=dtype, count=(end - start) // itemsize, offset=start).view(shape)
 
 
 def _load_pickle_weights_only(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -76,7 +76,8 @@ class KeyResolver:
             for diffusion models; any prefix works if ``prefix`` says so).
         family: the model family (enables its rename table); ``None`` tries every table.
         aliases: extra ``{adapter module name: target}`` entries, e.g. ComfyUI's own key map
-            (values as ComfyUI writes them: a key, ``(key, offset)`` or ``(key, offset, fn)``).
+            (values as ComfyUI writes them: a key, ``(key, offset)`` or ``(key, offset, fn)``), or a
+            callable returning them, called only when a name does not name a model module directly.
         prefix: the model-key prefix to strip when indexing module paths.
     """
 
@@ -89,12 +90,21 @@ class KeyResolver:
     ):
         self.shapes = {k: tuple(v) for k, v in model_shapes.items()}
         self.family = family
-        self.aliases = aliases or {}
+        self._aliases = aliases
         self.prefix = prefix
         self.index: dict[str, str] = {}
         self.ambiguous: set[str] = set()
         self._build_index()
         self.block_ordinals = self._block_ordinals()
+
+    @property
+    def aliases(self) -> dict:
+        """The alias map (built on first use when it was given as a callable)."""
+        if callable(self._aliases):
+            self._aliases = self._aliases()
+        if self._aliases is None:
+            self._aliases = {}
+        return self._aliases
 
     def _build_index(self) -> None:
         for key in self.shapes:
@@ -132,13 +142,21 @@ class KeyResolver:
         return None
 
     def resolve(self, name: str, bias: bool = False) -> Target | None:
-        """Resolve one adapter module name (as in the file, role suffix removed)."""
+        """Resolve one adapter module name (as in the file, role suffix removed).
+
+        A name that spells a model module (dots and underscores alike) resolves to it directly;
+        otherwise the alias map (ComfyUI's key map) and then the family's rename rules decide.
+        """
+        namespace, rest = split_producer_prefix(name)
+        direct = self._resolve_direct(rest, bias) if namespace == "unet" else None
+        if direct is not None:
+            return direct
         alias = self.aliases.get(name)
         if alias is not None:
             return self._from_alias(alias, bias)
-        namespace, rest = split_producer_prefix(name)
-        if namespace != "unet":
-            return None
+        return self._resolve_by_rules(normalise(rest), bias) if namespace == "unet" else None
+
+    def _resolve_direct(self, rest: str, bias: bool) -> Target | None:
         norm = normalise(rest)
         for candidate in (norm, norm[: -len("_weight")] if norm.endswith("_weight") else None):
             if candidate and candidate in self.index:
@@ -148,7 +166,7 @@ class KeyResolver:
                 key = self.weight_key(module, bias)
                 if key:
                     return Target(key=key, module=module, via="direct")
-        return self._resolve_by_rules(norm, bias)
+        return None
 
     def _resolve_by_rules(self, norm: str, bias: bool) -> Target | None:
         for rule in rules_for(self.family):

@@ -34,16 +34,22 @@ def model_family(base_model) -> str | None:
 
 def parameter_shapes(module) -> dict[str, tuple[int, ...]]:
     """``{parameter/buffer name: shape}`` (state-dict names) without building a state dict."""
-    shapes = {name: tuple(p.shape) for name, p in module.named_parameters()}
-    shapes.update((name, tuple(b.shape)) for name, b in module.named_buffers())
+    shapes = {}
+    for prefix, sub in module.named_modules():
+        stem = f"{prefix}." if prefix else ""
+        for tensors in (sub._parameters, sub._buffers):
+            for name, tensor in tensors.items():
+                if tensor is not None:
+                    shapes.setdefault(stem + name, tuple(tensor.shape))
     return shapes
 
 
 def unet_resolver(model_patcher) -> KeyResolver:
     """Resolver for a MODEL: ComfyUI's own key map first, then HadaKron's tables."""
     base = model_patcher.model
-    aliases = comfy.lora.model_lora_keys_unet(base, {})
-    return KeyResolver(parameter_shapes(base), family=model_family(base), aliases=aliases)
+    return KeyResolver(
+        parameter_shapes(base), family=model_family(base), aliases=lambda: comfy.lora.model_lora_keys_unet(base, {})
+    )
 
 
 def clip_resolver(clip) -> KeyResolver:

@@ -141,6 +141,26 @@ def test_round_trip_and_header_only_read(tmp_path):
         assert torch.equal(loaded[k], v)
 
 
+def test_unaligned_and_empty_tensors_read_back_exactly(tmp_path):
+    """Offsets that are not multiples of the element size (odd fp16 counts first) and zero-size tensors."""
+    from safetensors.torch import load_file
+
+    tensors = {
+        "h": torch.randn(3).half(),
+        "f": torch.randn(5, 2),
+        "e": torch.empty(0, 4),
+        "d": torch.randn(3, dtype=torch.float64),
+        "u": torch.arange(7, dtype=torch.uint8),
+        "b": torch.randn(2, 3).bfloat16(),
+    }
+    path = save_tensor_file(tensors, tmp_path / "odd.safetensors")
+    loaded, _ = load_tensor_file(path)
+    reference = load_file(str(path))
+    for k, v in tensors.items():
+        assert loaded[k].dtype == v.dtype and torch.equal(loaded[k], v) and torch.equal(loaded[k], reference[k])
+    assert loaded["f"].data_ptr() % 4 == 0 and loaded["d"].data_ptr() % 8 == 0
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned",))

@@ -85,6 +85,26 @@ def test_nan_is_refused_with_the_module_name():
     assert "m" in parsed.modules
 
 
+@pytest.mark.parametrize("bad_dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_nan_in_a_file_with_mixed_dtypes_is_found(tmp_path, bad_dtype):
+    """The one-buffer screen of a read file must still see a NaN in a tensor of a minority dtype."""
+    from hadakron.common.tensor_files import load_tensor_file, save_tensor_file
+
+    bad = R(2, 6).to(bad_dtype)
+    bad[1, 3] = float("nan")
+    sd = {f"lora_unet_blocks_{i}.lora_up.weight": R(64, 2).bfloat16() for i in range(4)}
+    sd |= {f"lora_unet_blocks_{i}.lora_down.weight": R(2, 6).bfloat16() for i in range(1, 4)}
+    sd |= {f"lora_unet_blocks_{i}.alpha": torch.tensor(2.0) for i in range(4)}
+    sd["lora_unet_blocks_0.lora_down.weight"] = bad
+    save_tensor_file(sd, tmp_path / "a.safetensors")
+    tensors, _ = load_tensor_file(tmp_path / "a.safetensors")
+    with pytest.raises(NonFiniteTensorError, match="blocks_0"):
+        parse_adapter_state_dict(tensors)
+    sd["lora_unet_blocks_0.lora_down.weight"] = R(2, 6).to(bad_dtype)
+    save_tensor_file(sd, tmp_path / "b.safetensors")
+    assert len(parse_adapter_state_dict(load_tensor_file(tmp_path / "b.safetensors")[0]).modules) == 4
+
+
 def test_fp8_tensors_are_upcast():
     if not hasattr(torch, "float8_e4m3fn"):
         pytest.skip("no fp8 in this torch")

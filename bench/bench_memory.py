@@ -23,8 +23,14 @@ from hadakron.common.tensor_files import save_tensor_file
 
 from .harness import Bench, Timing
 
-LINEARS = {"self_attn.q": (1, 1), "self_attn.k": (1, 1), "self_attn.v": (1, 1), "self_attn.o": (1, 1),
-           "ffn.0": (4, 1), "ffn.2": (1, 4)}
+LINEARS = {
+    "self_attn.q": (1, 1),
+    "self_attn.k": (1, 1),
+    "self_attn.v": (1, 1),
+    "self_attn.o": (1, 1),
+    "ffn.0": (4, 1),
+    "ffn.2": (1, 4),
+}
 
 LOAD_ALL = """
 import json, resource, sys, time, torch
@@ -69,13 +75,20 @@ def write_files(folder: Path, blocks: int, dim: int) -> tuple[Path, Path, float]
             model[f"blocks.{b}.{name}.weight"] = torch.randn(out, inp, generator=gen) * 0.02
             (out_l, in_m), (out_k, in_n) = lokr_shapes(out, inp, -1)
             prefix = f"lora_unet_blocks_{b}_{name.replace('.', '_')}"
-            adapter.update({f"{prefix}.lokr_w1": torch.randn(out_l, in_m, generator=gen),
-                            f"{prefix}.lokr_w2_a": torch.randn(out_k, 8, generator=gen) * 0.01,
-                            f"{prefix}.lokr_w2_b": torch.randn(8, in_n, generator=gen) * 0.01,
-                            f"{prefix}.alpha": torch.tensor(8.0)})
+            adapter.update(
+                {
+                    f"{prefix}.lokr_w1": torch.randn(out_l, in_m, generator=gen),
+                    f"{prefix}.lokr_w2_a": torch.randn(out_k, 8, generator=gen) * 0.01,
+                    f"{prefix}.lokr_w2_b": torch.randn(8, in_n, generator=gen) * 0.01,
+                    f"{prefix}.alpha": torch.tensor(8.0),
+                }
+            )
     size_mb = sum(t.numel() * 4 for t in model.values()) / 2**20
-    return (save_tensor_file(model, folder / "model.safetensors"),
-            save_tensor_file(adapter, folder / "lokr.safetensors"), size_mb)
+    return (
+        save_tensor_file(model, folder / "model.safetensors"),
+        save_tensor_file(adapter, folder / "lokr.safetensors"),
+        size_mb,
+    )
 
 
 def child(code: str, *args: str) -> dict:
@@ -95,10 +108,15 @@ def main(argv: list[str] | None = None) -> list[Bench]:
         ours = child(HADAKRON, model, adapter, Path(tmp) / "ours.safetensors")
         naive = child(LOAD_ALL, model, adapter, Path(tmp) / "naive.safetensors")
     extra_ours, extra_naive = ours["rss_mb"] - base, naive["rss_mb"] - base
-    bench.ratio(f"peak extra RSS, streaming merge vs load-all ({size_mb:.0f} MiB fp32 model)",
-                Timing("hadakron merge (MiB)", [extra_ours]), Timing("load-all (MiB)", [extra_naive]))
-    bench.notes.append(f"model {size_mb:.0f} MiB; interpreter+libraries baseline {base:.0f} MiB; extra over baseline: "
-                       f"hadakron {extra_ours:.0f} MiB, load-all {extra_naive:.0f} MiB (values are MiB, not seconds)")
+    bench.ratio(
+        f"peak extra RSS, streaming merge vs load-all ({size_mb:.0f} MiB fp32 model)",
+        Timing("hadakron merge (MiB)", [extra_ours]),
+        Timing("load-all (MiB)", [extra_naive]),
+    )
+    bench.notes.append(
+        f"model {size_mb:.0f} MiB; interpreter+libraries baseline {base:.0f} MiB; extra over baseline: "
+        f"hadakron {extra_ours:.0f} MiB, load-all {extra_naive:.0f} MiB (values are MiB, not seconds)"
+    )
     print(bench.markdown())
     return [bench]
 

@@ -52,8 +52,15 @@ def size_curve(bench: Bench, sizes, repeat: int, out: Path) -> list[Path]:
         for n in sizes:
             for name, value in _patch_points(bench, algo, (n, n), 16, repeat).items():
                 series.setdefault(name, []).append((n, value))
-        plots.append(line_plot(out / f"patch_size_{algo}.png", f"{algo.upper()} patch time vs layer size (rank 16)",
-                               "layer size n (n x n)", "seconds", series))
+        plots.append(
+            line_plot(
+                out / f"patch_size_{algo}.png",
+                f"{algo.upper()} patch time vs layer size (rank 16)",
+                "layer size n (n x n)",
+                "seconds",
+                series,
+            )
+        )
     return plots
 
 
@@ -65,8 +72,15 @@ def rank_curve(bench: Bench, ranks, repeat: int, out: Path, n: int = 3072) -> li
         for rank in ranks:
             for name, value in _patch_points(bench, algo, (n, n), rank, repeat).items():
                 series.setdefault(name, []).append((rank, value))
-        plots.append(line_plot(out / f"patch_rank_{algo}.png", f"{algo.upper()} patch time vs rank ({n}x{n})",
-                               "rank", "seconds", series))
+        plots.append(
+            line_plot(
+                out / f"patch_rank_{algo}.png",
+                f"{algo.upper()} patch time vs rank ({n}x{n})",
+                "rank",
+                "seconds",
+                series,
+            )
+        )
     return plots
 
 
@@ -88,8 +102,15 @@ def factor_curve(bench: Bench, factors, repeat: int, out: Path, n: int = 4096, t
         times = _bypass_times(bench, adapter, (n, n), tokens, repeat, f"lokr f={factor}", lycoris=False)
         for name, value in times.items():
             series.setdefault(name, []).append((factor if factor > 0 else 0, value))
-    return [line_plot(out / "bypass_factor_lokr.png", f"LoKr fwd+bwd vs factor ({n}x{n}, {tokens} tokens; 0 = auto)",
-                      "factor", "seconds", series)]
+    return [
+        line_plot(
+            out / "bypass_factor_lokr.png",
+            f"LoKr fwd+bwd vs factor ({n}x{n}, {tokens} tokens; 0 = auto)",
+            "factor",
+            "seconds",
+            series,
+        )
+    ]
 
 
 def _trainable(adapter: ModuleAdapter) -> list[torch.Tensor]:
@@ -99,8 +120,9 @@ def _trainable(adapter: ModuleAdapter) -> list[torch.Tensor]:
     return params
 
 
-def _bypass_times(bench: Bench, adapter: ModuleAdapter, shape, tokens: int, repeat: int, label: str,
-                  lycoris: bool = True) -> dict:
+def _bypass_times(
+    bench: Bench, adapter: ModuleAdapter, shape, tokens: int, repeat: int, label: str, lycoris: bool = True
+) -> dict:
     params = _trainable(adapter)
     x = torch.randn(tokens, shape[1])
     frozen = torch.randn(shape) * 0.02
@@ -119,8 +141,11 @@ def _bypass_times(bench: Bench, adapter: ModuleAdapter, shape, tokens: int, repe
     mine = bench.time(f"{label} bypass", ours, repeat)
     mat = bench.time(f"{label} materialised", materialised, repeat)
     bench.ratio(f"{label}: layer fwd+bwd, bypass vs materialised ΔW", mine, mat)
-    times = {"hadakron bypass": mine.median, "materialised ΔW": mat.median,
-             "frozen layer": bench.time(f"{label} frozen", frozen_only, repeat).median}
+    times = {
+        "hadakron bypass": mine.median,
+        "materialised ΔW": mat.median,
+        "frozen layer": bench.time(f"{label} frozen", frozen_only, repeat).median,
+    }
     if lycoris:
         times["lycoris bypass"] = _lycoris_bypass_time(bench, adapter, x, frozen, repeat, label)
     for p in params:
@@ -135,15 +160,20 @@ def _lycoris_bypass_time(bench, adapter, x, frozen, repeat, label):
     except ImportError:
         return None
     if w.algo == "lokr":
+
         def run():
-            y = lokr.bypass_forward_diff(x, F.linear(x, frozen), w.w1, w.w1a, w.w1b, w.w2, w.w2a, w.w2b, w.t2,
-                                         gamma=1.0, backend="torch")
+            y = lokr.bypass_forward_diff(
+                x, F.linear(x, frozen), w.w1, w.w1a, w.w1b, w.w2, w.w2a, w.w2b, w.t2, gamma=1.0, backend="torch"
+            )
             y.square().mean().backward()
     else:
+
         def run():
-            y = loha.bypass_forward_diff(x, F.linear(x, frozen), w.w1b, w.w1a, w.w2b, w.w2a, None, None,
-                                         gamma=torch.tensor(1.0), backend="torch")
+            y = loha.bypass_forward_diff(
+                x, F.linear(x, frozen), w.w1b, w.w1a, w.w2b, w.w2a, None, None, gamma=torch.tensor(1.0), backend="torch"
+            )
             y.square().mean().backward()
+
     return bench.time(f"{label} lycoris", run, repeat).median
 
 
@@ -156,8 +186,15 @@ def token_curve(bench: Bench, token_counts, repeat: int, out: Path, n: int = 512
         for tokens in token_counts:
             for name, value in _bypass_times(bench, adapter, (n, n), tokens, repeat, f"{algo} {tokens}t").items():
                 series.setdefault(name, []).append((tokens, value))
-        plots.append(line_plot(out / f"bypass_tokens_{algo}.png", f"{algo.upper()} fwd+bwd vs tokens ({n}x{n})",
-                               "tokens", "seconds", series))
+        plots.append(
+            line_plot(
+                out / f"bypass_tokens_{algo}.png",
+                f"{algo.upper()} fwd+bwd vs tokens ({n}x{n})",
+                "tokens",
+                "seconds",
+                series,
+            )
+        )
     return plots
 
 

@@ -8,8 +8,15 @@ from pathlib import Path
 COLORS = [(70, 130, 200), (230, 140, 40), (90, 170, 90), (200, 70, 70), (150, 100, 190), (120, 120, 120)]
 
 
-def line_plot(path: str | Path, title: str, x_label: str, y_label: str, series: dict[str, list[tuple[float, float]]],
-              log_y: bool = True, size: tuple[int, int] = (720, 420)) -> Path:
+def line_plot(
+    path: str | Path,
+    title: str,
+    x_label: str,
+    y_label: str,
+    series: dict[str, list[tuple[float, float]]],
+    log_y: bool = True,
+    size: tuple[int, int] = (720, 420),
+) -> Path:
     """Draw ``series`` (name -> [(x, y), ...]) as lines with markers; y on a log scale by default."""
     from PIL import Image, ImageDraw
 
@@ -54,8 +61,8 @@ def _y(value: float, log_y: bool) -> float:
 def _ticks(draw, to_px, x0, x1, y0, y1, log_y, axis_y, axis_x) -> None:
     for i in range(5):
         x = x0 + (x1 - x0) * i / 4
-        px, _ = to_px(x, 10 ** y0 if log_y else y0)
+        px, _ = to_px(x, 10**y0 if log_y else y0)
         draw.text((px - 10, axis_y + 5), f"{x:g}", fill="black")
         y = y0 + (y1 - y0) * i / 4
         _, py = to_px(x0, 10**y if log_y else y)
-        draw.text((5, py - 6), f"{(10 ** y if log_y else y):.3g}", fill="black")
+        draw.text((5, py - 6), f"{(10**y if log_y else y):.3g}", fill="black")

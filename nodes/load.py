@@ -131,4 +131,6 @@ class LoadAdapter(io.ComfyNode):
             return io.NodeOutput(new_model, new_clip, text, ui={"text": [text]})
 
         return run_guarded(work)
+
+
 NODES = [LoadAdapter]

@@ -29,10 +29,12 @@ def _browser_ready() -> str | None:
 
 
 def _test_adapter(folder: Path) -> str:
-    tensors = {"lora_unet_blocks_0_self_attn_q.lokr_w1": torch.randn(8, 8),
-               "lora_unet_blocks_0_self_attn_q.lokr_w2_a": torch.randn(16, 4),
-               "lora_unet_blocks_0_self_attn_q.lokr_w2_b": torch.randn(4, 16),
-               "lora_unet_blocks_0_self_attn_q.alpha": torch.tensor(2.0)}
+    tensors = {
+        "lora_unet_blocks_0_self_attn_q.lokr_w1": torch.randn(8, 8),
+        "lora_unet_blocks_0_self_attn_q.lokr_w2_a": torch.randn(16, 4),
+        "lora_unet_blocks_0_self_attn_q.lokr_w2_b": torch.randn(4, 16),
+        "lora_unet_blocks_0_self_attn_q.alpha": torch.tensor(2.0),
+    }
     save_tensor_file(tensors, folder / "ui_test_lokr.safetensors", {"modelspec.trigger_phrase": "sks"}, overwrite=True)
     return "ui_test_lokr.safetensors"
 
@@ -47,8 +49,9 @@ def _training_workflow(server) -> Path:
     tiny = server.base_dir / "models"
     write_tiny_wan_file(tiny / "diffusion_models" / assets.DEMO_UNET)
     write_tiny_wan_vae(tiny / "vae" / assets.DEMO_VAE)
-    workflow = build_ui_workflow(train_demo(assets.DEMO_DATASET, assets.DEMO_UNET, assets.DEMO_VAE),
-                                 server.object_info())
+    workflow = build_ui_workflow(
+        train_demo(assets.DEMO_DATASET, assets.DEMO_UNET, assets.DEMO_VAE), server.object_info()
+    )
     path = ARTIFACTS / "ui-training-workflow.json"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(workflow))
@@ -65,8 +68,13 @@ def test_search_loader_panel_and_training_chart(comfy, tmp_path):
     name = _test_adapter(base / "models" / "loras")
     with comfy_server(base) as server:
         workflow = _training_workflow(server)
-        proc = subprocess.run(["node", str(SCRIPT), server.url, str(ARTIFACTS), name, str(workflow)], cwd=REPO,
-                              capture_output=True, text=True, timeout=500)
+        proc = subprocess.run(
+            ["node", str(SCRIPT), server.url, str(ARTIFACTS), name, str(workflow)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=500,
+        )
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     results = json.loads([line for line in proc.stdout.splitlines() if line.startswith("UI-RESULTS ")][-1][11:])
     assert "HadaKronLoadAdapter" in results["registered"]

@@ -80,7 +80,7 @@ def combine_adapters(
             disagree on a layer's shape; UnsupportedError: DoRA or ``set_weight`` modules.
     """
     weights = _check_args(sources, weights, mode, rank, energy)
-    _check_family(sources)
+    family = _check_family(sources)
     groups = group_modules(sources, weights)
     out_dtype = dtype or _first_dtype(sources[0])
     tensors: dict[str, torch.Tensor] = {}
@@ -105,8 +105,8 @@ def combine_adapters(
         "rel_error": round(result.rel_error, 8),
     }
     kinds = {layer.kind for layer in layers if layer.kind != "zero"}
-    ranks = [layer.rank for layer in layers if layer.kind == "lora"]
-    result.metadata = md.merged_metadata(sources[0].parsed.metadata, kinds, ranks, info)
+    ranks = [layer.rank for layer in layers if layer.kind in ("lora", "loha", "lokr") and layer.rank is not None]
+    result.metadata = md.merged_metadata(sources[0].parsed.metadata, kinds, ranks, info, family)
     return result
 
 
@@ -129,8 +129,13 @@ def resize_lora(
 
 
 def save_result(result: CombineResult, path, overwrite: bool = False):
-    """Write the combined adapter atomically (never over an existing file unless ``overwrite``)."""
-    return save_tensor_file(result.tensors, path, result.metadata, overwrite=overwrite)
+    """Write the combined adapter atomically (never over an existing file unless ``overwrite``).
+
+    Safetensors outputs get ``sshs_*`` hashes of exactly the written tensors (:func:`.metadata.hashed_for_saving`).
+    The whole result is in memory by then: the hashes sit in the header, before the data they cover.
+    """
+    tensors, metadata = md.hashed_for_saving(result.tensors, result.metadata, path)
+    return save_tensor_file(tensors, path, metadata, overwrite=overwrite)
 
 
 # ------------------------------------------------------------------------------------------ grouping
@@ -318,7 +323,8 @@ def _check_args(sources, weights, mode, rank, energy) -> list[float]:
     return weights
 
 
-def _check_family(sources: list[AdapterSource]) -> None:
+def _check_family(sources: list[AdapterSource]) -> str | None:
+    """The model family of the files (``None`` when unknown); files for different families are refused."""
     seen: dict[str, str] = {}
     for source in sources:
         names = [normalise(split_producer_prefix(n)[1]) for n in source.parsed.modules]
@@ -328,6 +334,7 @@ def _check_family(sources: list[AdapterSource]) -> None:
     if len(seen) > 1:
         listed = ", ".join(f"{md.source_label(p)} ({f})" for f, p in seen.items())
         raise ArchitectureMismatchError(f"the files are for different model families: {listed}")
+    return next(iter(seen), None)
 
 
 def _stored(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Metadata, module naming and the merge report for adapter files HadaKron writes (formats.md §16).
 
 Outputs keep the first input's metadata (training info, ``modelspec.*``), drop what no longer
-describes the tensors (hashes, LoKr factor, network args of another algorithm) and say what was
+describes the tensors (LoKr factor, network args of another network module) and say what was
 merged: ``hadakron.producer``, ``hadakron.convention`` (alphas follow LyCORIS: scale = alpha/rank),
-``ss_network_*`` and ``hadakron.merge`` (JSON).
+``ss_network_*`` (as musubi-tuner would write them for these tensors) and ``hadakron.merge`` (JSON).
+The ``sshs_*`` hashes are recomputed for the written tensors when saving (:func:`hashed_for_saving`).
 """
 
 from __future__ import annotations
@@ -12,40 +13,86 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from .. import __version__
+from ..common.hashes import HASH_KEYS, with_hashes
+from ..common.tensor_files import PICKLE_SUFFIXES
 from ..keymap.resolver import normalise, split_producer_prefix
 
 PRODUCER = f"hadakron {__version__}"
 OUTPUT_CONVENTION = "lycoris"
-# Keys that describe the old tensors and would now be wrong.
-STALE_KEYS = ("sshs_model_hash", "sshs_legacy_hash", "ss_lokr_factor")
+# Keys that describe the old tensors and would now be wrong (the hashes are recomputed on save).
+STALE_KEYS = (*HASH_KEYS, "ss_lokr_factor")
+# family -> the LoRA network module musubi-tuner (main) trains and loads it with: ``ss_network_module``
+# of a LoRA file. The generic ``networks.lora`` targets HunyuanVideo's blocks only (finds nothing on WAN).
+LORA_NETWORK_MODULES = {
+    "wan": "networks.lora_wan",
+    "hunyuan_video": "networks.lora",
+    "hunyuan_video_1_5": "networks.lora_hv_1_5",
+    "framepack": "networks.lora_framepack",
+    "flux": "networks.lora_flux",
+    "flux2": "networks.lora_flux_2",
+    "qwen_image": "networks.lora_qwen_image",
+    "z_image": "networks.lora_zimage",
+    "kandinsky5": "networks.lora_kandinsky",
+}
 
 
-def merged_metadata(base: dict[str, str], kinds: set[str], lora_ranks: list[int], info: dict) -> dict[str, str]:
-    """Metadata for a combined/converted adapter.
+def merged_metadata(
+    base: dict[str, str], kinds: set[str], ranks: list[int], info: dict, family: str | None = None
+) -> dict[str, str]:
+    """Metadata for a combined/converted adapter (the hashes are added by :func:`hashed_for_saving`).
 
     Args:
         base: the first input file's metadata (kept, minus :data:`STALE_KEYS`).
         kinds: algorithms of the written modules (``lora``, ``loha``, ``lokr``, ``diff``).
-        lora_ranks: ranks of the written LoRA modules (``ss_network_dim`` = the largest; alpha = rank).
+        ranks: ranks of the written LoRA/LoHa/LoKr modules, all with alpha = rank
+            (``ss_network_dim`` = ``ss_network_alpha`` = the largest).
         info: what was merged and how (stored as ``hadakron.merge`` JSON).
+        family: the model family of the inputs (picks musubi's LoRA network module), if known.
     """
     meta = {k: str(v) for k, v in base.items() if k not in STALE_KEYS and not k.startswith("hadakron.")}
     meta["hadakron.producer"] = PRODUCER
     meta["hadakron.convention"] = OUTPUT_CONVENTION
     meta["hadakron.merge"] = json.dumps(info, sort_keys=True)
-    if kinds <= {"lora"}:
-        meta["ss_network_module"] = "networks.lora"
-        meta.pop("ss_network_args", None)
-    else:
-        meta.setdefault("ss_network_module", "lycoris.kohya")
-    if lora_ranks:
-        meta["ss_network_dim"] = str(max(lora_ranks))
-        meta["ss_network_alpha"] = str(max(lora_ranks))
+    module = network_module(kinds, base.get("ss_network_module", ""), family)
+    if module != base.get("ss_network_module"):
+        meta.pop("ss_network_args", None)  # arguments of another network module
+    meta["ss_network_module"] = module
+    if ranks:
+        meta["ss_network_dim"] = str(max(ranks))
+        meta["ss_network_alpha"] = str(float(max(ranks)))  # musubi/sd-scripts write the float (``"4.0"``)
     return meta
+
+
+def network_module(kinds: set[str], base_module: str, family: str | None) -> str:
+    """``ss_network_module`` musubi-tuner would record for tensors of these ``kinds``.
+
+    LoRA only: the family's musubi LoRA module; one LyCORIS algorithm: ``networks.loha``/``networks.lokr``
+    (or the input's LyCORIS wrapper); anything else (mixed algorithms, full diffs): ``lycoris.kohya``.
+    """
+    if kinds <= {"lora"}:
+        if family in LORA_NETWORK_MODULES:
+            return LORA_NETWORK_MODULES[family]
+        return base_module if base_module.startswith("networks.lora") else "networks.lora"
+    if len(kinds) == 1 and kinds <= {"loha", "lokr"}:
+        native = f"networks.{next(iter(kinds))}"
+        return base_module if base_module in (native, "lycoris.kohya") else native
+    return base_module if base_module.startswith("lycoris.") else "lycoris.kohya"
+
+
+def hashed_for_saving(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str], path
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata as written: a safetensors file gets fresh ``sshs_*`` hashes and its tensors in
+    safetensors' storage order (data region == hashed bytes); a pickle gets no hashes (sd-scripts writes
+    them for safetensors only)."""
+    if Path(path).suffix.lower() in PICKLE_SUFFIXES:
+        return tensors, {k: v for k, v in metadata.items() if k not in HASH_KEYS}
+    return with_hashes(tensors, metadata)
 
 
 def source_label(path: str) -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_save
 
 from engine_cases import loha_case, lokr_case, lora_case
 from hadakron.adapters import apply_to_weight, module_scale
@@ -17,8 +20,9 @@ from hadakron.common.errors import (
     OutputExistsError,
     UnsupportedError,
 )
-from hadakron.common.tensor_files import save_tensor_file
+from hadakron.common.tensor_files import load_tensor_file, save_tensor_file
 from hadakron.loading import read_adapter
+from hadakron.merge import metadata as md
 from hadakron.merge.combine import combine_adapters, resize_lora, save_result, to_lora
 
 # canonical module -> weight shape
@@ -194,14 +198,109 @@ def test_metadata_describes_the_merge(files):
     meta = result.metadata
     assert meta["hadakron.producer"] == "hadakron 0.1.0"
     assert meta["hadakron.convention"] == "lycoris"
-    assert meta["ss_network_module"] == "networks.lora"
-    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "4"
+    assert meta["ss_network_module"] == "networks.lora_wan"  # musubi's WAN LoRA module (networks.lora finds none)
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "4.0"
     assert meta["ss_base_model_version"] == "wan"
     assert "sshs_model_hash" not in meta
     info = json.loads(meta["hadakron.merge"])
     assert info["sources"] == ["a.safetensors", "b.safetensors", "c.safetensors"]
     assert info["weights"] == [1.0, 2.0, 0.5] and info["mode"] == "svd" and info["rank"] == 4
     assert "overall kept energy" in result.render()
+
+
+def test_network_module_follows_the_written_tensors():
+    module = md.network_module
+    assert module({"lora"}, "networks.lokr", "wan") == "networks.lora_wan"
+    assert module({"lora"}, "networks.lora_zimage", None) == "networks.lora_zimage"
+    assert module({"lora"}, "lycoris.kohya", None) == "networks.lora"
+    assert module({"lokr"}, "networks.lora_wan", "wan") == "networks.lokr"
+    assert module({"loha"}, "lycoris.kohya", "wan") == "lycoris.kohya"
+    assert module({"lora", "lokr"}, "networks.lora_wan", "wan") == "lycoris.kohya"
+    assert module({"diff"}, "", None) == "lycoris.kohya"
+
+
+def _musubi_lora_layout(tensors: dict[str, torch.Tensor]) -> None:
+    """What musubi-tuner main's LoRA loader needs (``create_network_from_weights`` + ``merge_to``).
+
+    It splits each key at the first ``.`` into a ``lora_unet_…`` module name, takes the rank from
+    ``lora_down`` and the alpha from ``.alpha`` (``KeyError`` without it) as a 0-d float, decides the
+    algorithm per file from its keys, and multiplies ``up @ down`` (conv: 1×1 ``up``, kernel in ``down``).
+    """
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        name, _, role = key.partition(".")
+        assert name.startswith("lora_unet_") and role, key
+        modules.setdefault(name, {})[role] = tensor
+    for name, roles in modules.items():
+        assert set(roles) == {"lora_up.weight", "lora_down.weight", "alpha"}, (name, set(roles))
+        up, down, alpha = roles["lora_up.weight"], roles["lora_down.weight"], roles["alpha"]
+        assert alpha.dtype == torch.float32 and alpha.shape == (), (name, alpha.dtype, alpha.shape)
+        assert float(alpha) == down.shape[0] == up.shape[1], name
+        assert up.dim() == down.dim() and all(d == 1 for d in up.shape[2:]), name
+
+
+def _lora_only(tmp_path, name, shapes, rank, seed):
+    modules = [
+        (_underscore(m), lora_case(shape, rank, gen=_gen(seed + i)), rank / 2) for i, (m, shape) in enumerate(shapes)
+    ]
+    return _file(tmp_path, name, modules, {"ss_network_module": "networks.lora_wan", "ss_base_model_version": "wan"})
+
+
+def test_lora_outputs_have_the_layout_musubi_loads(files, tmp_path):
+    a, b, c = files
+    sources = [read_adapter(p) for p in files]
+    outputs = {
+        "svd": combine_adapters(sources, [1.0, 0.5, 1.0], mode="svd", rank=3),
+        "exact": combine_adapters([read_adapter(a), read_adapter(a)], [1.0, -0.25]),
+        "to_lora": to_lora(read_adapter(c), energy=0.99),
+        "resize": resize_lora(read_adapter(a), rank=2),
+    }
+    for label, result in outputs.items():
+        path = save_result(result, tmp_path / f"{label}.safetensors")
+        tensors, meta = load_tensor_file(path)
+        _musubi_lora_layout(tensors)
+        assert meta["ss_network_module"] == "networks.lora_wan", label
+        ranks = [int(t.shape[0]) for k, t in tensors.items() if k.endswith(".lora_down.weight")]
+        assert int(meta["ss_network_dim"]) == max(ranks) and float(meta["ss_network_alpha"]) == max(ranks), label
+
+
+def _independent_hashes(path) -> tuple[str, str, str]:
+    """(model hash, legacy hash) by the sd-scripts definition, recomputed from the written file, and the
+    SHA-256 of the file's own data region (what sd-webui hashes when it indexes the file)."""
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    meta = json.loads(raw[8 : 8 + size]).get("__metadata__", {})
+    blob = safetensors_save(load_file(str(path)), metadata={k: v for k, v in meta.items() if k.startswith("ss_")})
+    blob_size = int.from_bytes(blob[:8], "little")
+    model = hashlib.sha256(blob[8 + blob_size :]).hexdigest()
+    legacy = hashlib.sha256(blob[0x100000 : 0x100000 + 0x10000]).hexdigest()[:8]
+    return model, legacy, hashlib.sha256(raw[8 + size :]).hexdigest()
+
+
+def test_outputs_carry_the_hashes_of_the_written_file(files, tmp_path):
+    from hadakron.cli import main
+
+    a, b, c = files
+    big = _lora_only(
+        tmp_path, "big.safetensors", [("blocks.4.ffn.0", (1024, 512)), ("blocks.5.ffn.2", (512, 1024))], 96, 20
+    )
+    runs = {
+        "combine": ["combine", str(a), str(b), "--weights", "1", "0.5"],  # exact: LoRA and native LoKr modules
+        "combine_svd": ["combine", str(big), str(a), "--rank", "80", "--dtype", "bf16"],
+        "to_lora": ["to-lora", str(c), "--rank", "3"],
+        "resize": ["resize", str(big), "--rank", "94"],
+    }
+    for label, argv in runs.items():
+        out = tmp_path / f"{label}.safetensors"
+        assert main([*argv, "--out", str(out)]) == 0, label
+        meta = load_tensor_file(out)[1]
+        model, legacy, data_region = _independent_hashes(out)
+        assert meta["sshs_model_hash"] == model == data_region, label
+        assert meta["sshs_legacy_hash"] == legacy, label
+        assert meta["sshs_model_hash"] != "stale"
+    assert load_tensor_file(tmp_path / "resize.safetensors")[1]["sshs_legacy_hash"] != "e3b0c442"  # > 1 MiB
+    pt = save_result(resize_lora(read_adapter(a), rank=2), tmp_path / "x.pt")
+    assert not {"sshs_model_hash", "sshs_legacy_hash"} & set(load_tensor_file(pt)[1])
 
 
 def test_to_lora_is_optimal_and_lossless_without_target(files, tmp_path):

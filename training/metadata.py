@@ -5,7 +5,6 @@ own producer/convention tags so ``auto`` reads its files first.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
@@ -15,36 +14,27 @@ from datetime import datetime, timezone
 import torch
 
 from .. import __version__
+from ..common.hashes import HASH_KEYS, safetensors_hashes
+from ..merge.metadata import LORA_NETWORK_MODULES
 from .config import ss_network_args
 
 PRODUCER = f"hadakron {__version__}"
-LEGACY_HASH_OFFSET, LEGACY_HASH_SIZE = 0x100000, 0x10000
 
-# family -> (ss_base_model_version, musubi LoRA network module, modelspec.architecture, implementation)
+# family -> (ss_base_model_version, modelspec.architecture, implementation); the LoRA network module
+# comes from merge.metadata.LORA_NETWORK_MODULES (shared with combine/to-lora/resize outputs).
 FAMILY_META = {
-    "wan": ("wan", "networks.lora_wan", "wan2.1/lora", "https://github.com/Wan-Video/Wan2.1"),
-    "hunyuan_video": (
-        "hunyuan_video",
-        "networks.lora",
-        "hunyuan-video/lora",
-        "https://github.com/Tencent/HunyuanVideo",
-    ),
+    "wan": ("wan", "wan2.1/lora", "https://github.com/Wan-Video/Wan2.1"),
+    "hunyuan_video": ("hunyuan_video", "hunyuan-video/lora", "https://github.com/Tencent/HunyuanVideo"),
     "hunyuan_video_1_5": (
         "hunyuan_video_1_5",
-        "networks.lora_hv_1_5",
         "hunyuan-video-1.5/lora",
         "https://github.com/Tencent-Hunyuan/HunyuanVideo-1.5",
     ),
-    "flux": ("flux_kontext", "networks.lora_flux", "Flux.1-dev/lora", "https://github.com/black-forest-labs/flux"),
-    "flux2": ("flux_2_dev", "networks.lora_flux_2", "Flux.2-dev/lora", "https://github.com/black-forest-labs/flux2"),
-    "qwen_image": ("qwen_image", "networks.lora_qwen_image", "Qwen-Image/lora", "https://github.com/QwenLM/Qwen-Image"),
-    "z_image": ("z_image", "networks.lora_zimage", "Z-Image/lora", "https://github.com/Tongyi-MAI/Z-Image"),
-    "kandinsky5": (
-        "kandinsky5",
-        "networks.lora_kandinsky",
-        "Kandinsky-5/lora",
-        "https://github.com/ai-forever/Kandinsky-5",
-    ),
+    "flux": ("flux_kontext", "Flux.1-dev/lora", "https://github.com/black-forest-labs/flux"),
+    "flux2": ("flux_2_dev", "Flux.2-dev/lora", "https://github.com/black-forest-labs/flux2"),
+    "qwen_image": ("qwen_image", "Qwen-Image/lora", "https://github.com/QwenLM/Qwen-Image"),
+    "z_image": ("z_image", "Z-Image/lora", "https://github.com/Tongyi-MAI/Z-Image"),
+    "kandinsky5": ("kandinsky5", "Kandinsky-5/lora", "https://github.com/ai-forever/Kandinsky-5"),
 }
 
 
@@ -65,7 +55,7 @@ def network_module(config) -> str:
     """``ss_network_module`` as musubi writes it."""
     if config.algo in ("lokr", "loha"):
         return f"networks.{config.algo}"
-    return FAMILY_META.get(config.family, ("", "networks.lora"))[1]
+    return LORA_NETWORK_MODULES.get(config.family, "networks.lora")
 
 
 def _mixed_precision(config) -> str:
@@ -133,7 +123,7 @@ def training_metadata(config, run: RunInfo, step: int, epoch: int) -> dict[str, 
 
 def modelspec_metadata(config) -> dict[str, str]:
     """SAI model spec keys (LoHa/LoKr use ``/lora`` too)."""
-    _, _, arch, impl = FAMILY_META.get(config.family, ("", "", f"{config.family}/lora", ""))
+    _, arch, impl = FAMILY_META.get(config.family, ("", f"{config.family}/lora", ""))
     meta = {
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": arch,
@@ -147,15 +137,8 @@ def modelspec_metadata(config) -> dict[str, str]:
 
 
 def file_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
-    """``sshs_model_hash`` / ``sshs_legacy_hash`` over ``(tensors, ss_* metadata)`` (sd-scripts)."""
-    from safetensors.torch import save
-
-    ss_only = {k: v for k, v in metadata.items() if k.startswith("ss_")}
-    blob = save(tensors, metadata=ss_only)
-    header_len = int.from_bytes(blob[:8], "little")
-    model_hash = hashlib.sha256(blob[8 + header_len :]).hexdigest()
-    legacy = hashlib.sha256(blob[LEGACY_HASH_OFFSET : LEGACY_HASH_OFFSET + LEGACY_HASH_SIZE]).hexdigest()[:8]
-    return {"sshs_model_hash": model_hash, "sshs_legacy_hash": legacy}
+    """``sshs_model_hash`` / ``sshs_legacy_hash`` over ``(tensors, ss_* metadata)`` (:mod:`common.hashes`)."""
+    return dict(zip(HASH_KEYS, safetensors_hashes(tensors, metadata), strict=True))
 
 
 def full_metadata(config, run: RunInfo, step: int, epoch: int, tensors: dict[str, torch.Tensor]) -> dict[str, str]:

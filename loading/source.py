@@ -33,7 +33,9 @@ def read_adapter(path: str | Path, convention: str = "auto", allow_nonfinite: bo
     peft_config = _peft_config_beside(path)
     try:
         parsed = parse_adapter_state_dict(tensors, metadata, peft_config, allow_nonfinite=allow_nonfinite)
-        choice = detect_convention(tensors.keys(), metadata, peft_config, convention, parsed.globals)
+        choice = detect_convention(
+            tensors.keys(), metadata, peft_config, convention, parsed.globals, adapters=list(parsed.adapters())
+        )
     except HadaKronError as exc:
         raise exc.with_path(str(path)) from None
     if not parsed.modules:

@@ -191,3 +191,59 @@ def test_explicit_convention_wins():
     choice = detect_convention(["base_model.model.x.lokr_w1"], {}, None, requested="rs_lora")
     assert choice.convention == "rs_lora" and "explicit" in choice.reason
     assert math.isclose(1.0, 1.0)
+
+
+def _lokr_full(prefix: str, alpha: float) -> dict:
+    return {f"{prefix}.lokr_w1": R(4, 4), f"{prefix}.lokr_w2": R(16, 16), f"{prefix}.alpha": torch.tensor(alpha)}
+
+
+def _lora(prefix: str, up: str = ".lora_up.weight", down: str = ".lora_down.weight") -> dict:
+    return {f"{prefix}{up}": R(8, 4), f"{prefix}{down}": R(4, 6), f"{prefix}.alpha": torch.tensor(2.0)}
+
+
+def test_mixed_conventions_in_one_file_raise_naming_the_file_markers_and_modules(tmp_path):
+    """auto must not silently pick one convention for a file whose producers disagree on a module's scale."""
+    from hadakron.common.errors import ConventionError
+    from hadakron.common.tensor_files import save_tensor_file
+    from hadakron.loading import read_adapter
+
+    # A LyCORIS kohya LoKr (full matrix, alpha forced to dim 64: scale 1) with PR #901 modules merged in
+    # (lokr_factor): under PR #901's rule the LyCORIS module would get 64 / 16 = 4.
+    lyco = {**_lokr_full("lora_unet_blocks_0_ffn_0", 64.0), **_lokr_full("lora_unet_blocks_1_ffn_0", 16.0)}
+    path = save_tensor_file(
+        {**lyco, "lokr_factor": torch.tensor(4)}, tmp_path / "mixed.safetensors", {"ss_network_module": "lycoris.kohya"}
+    )
+    with pytest.raises(ConventionError) as raised:
+        read_adapter(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: mixed scale conventions in one file")
+    assert "lokr_factor -> musubi_pr901" in message and "ss_network_module lycoris.kohya -> lycoris" in message
+    assert "1 module(s)" in message and "lora_unet_blocks_0_ffn_0: musubi_pr901 4, lycoris 1" in message
+    assert read_adapter(path, "lycoris").convention.convention == "lycoris"  # an explicit choice settles it
+
+    # PEFT-prefixed and kohya-prefixed LoRA modules with PR #901's rsLoRA flag: α/√r vs α/r.
+    peft_and_kohya = {
+        **_lora("base_model.model.blocks.0.q", ".lora_B.weight", ".lora_A.weight"),
+        **_lora("lora_unet_blocks_0_k"),
+        "use_rslora_flag": torch.tensor(1.0),
+    }
+    path = save_tensor_file(peft_and_kohya, tmp_path / "prefixes.safetensors")
+    with pytest.raises(ConventionError, match=r"prefixes\.safetensors: .*keys without the PEFT prefix .*-> lycoris"):
+        read_adapter(path)
+
+    # The same mix without the flag scales every module alike (α/r): harmless, loaded by §7.3's order.
+    del peft_and_kohya["use_rslora_flag"]
+    path = save_tensor_file(peft_and_kohya, tmp_path / "harmless.safetensors")
+    assert read_adapter(path).convention.convention == "peft"
+
+
+def test_consistent_producer_markers_are_not_mixed():
+    """PR #901 (a musubi fork) writes networks.* with its lokr_factor; HadaKron's tag wins outright."""
+    sd = {**_lokr_full("lora_unet_blocks_0_ffn_0", 64.0), "lokr_factor": torch.tensor(4)}
+    adapters = list(parse_adapter_state_dict(sd).adapters())
+    meta = {"ss_network_module": "networks.lokr", "ss_lokr_factor": "4"}
+    assert detect_convention(sd, meta, None, adapters=adapters).convention == "musubi_pr901"
+    tagged = {**meta, "ss_network_module": "lycoris.kohya", "hadakron.producer": "hadakron 0.1.0"}
+    assert detect_convention(sd, {**tagged, "hadakron.convention": "lycoris"}, None, adapters=adapters).convention == (
+        "lycoris"
+    )

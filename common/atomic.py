@@ -41,6 +41,7 @@ def atomic_open(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Bi
     fd, tmp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{_host()}.{os.getpid()}-", suffix=".part", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            _chmod_like_open(handle.fileno(), dest)
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -99,6 +100,30 @@ def _pid_running(pid: int) -> bool:
     except OSError:  # e.g. PermissionError: it exists but belongs to someone else
         return True
     return True
+
+
+def _chmod_like_open(fd: int, dest: Path) -> None:
+    """Give the temp file the mode a plain ``open`` would (mkstemp makes it 0600): the replaced file's
+    mode when overwriting, else 0666 less the process umask."""
+    if os.name != "posix":
+        return
+    try:
+        mode = dest.stat().st_mode & 0o777
+    except OSError:
+        mode = 0o666 & ~_umask()
+    os.fchmod(fd, mode)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (``os.umask`` sets it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 def _refuse_existing(dest: Path, overwrite: bool) -> None:

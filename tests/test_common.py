@@ -31,6 +31,21 @@ def test_atomic_write_refuses_overwrite_unless_asked(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
 
 
+def test_published_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
+    if os.name != "posix":
+        pytest.skip("POSIX modes")
+    umask = os.umask(0o022)
+    try:
+        fresh = atomic_write_bytes(tmp_path / "fresh.bin", b"x")
+        assert fresh.stat().st_mode & 0o777 == 0o644
+        (tmp_path / "old.bin").write_bytes(b"old")
+        os.chmod(tmp_path / "old.bin", 0o640)
+        replaced = atomic_write_bytes(tmp_path / "old.bin", b"new", overwrite=True)
+        assert replaced.stat().st_mode & 0o777 == 0o640 and replaced.read_bytes() == b"new"
+    finally:
+        os.umask(umask)
+
+
 def test_failed_write_leaves_nothing(tmp_path):
     target = tmp_path / "out.safetensors"
 

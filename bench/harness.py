@@ -19,6 +19,7 @@ import gc
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import time
@@ -79,16 +80,23 @@ def machine_info() -> dict[str, str]:
             mem = handle.readline().split(":", 1)[1].strip()
     except OSError:
         pass
-    blas = [line.strip() for line in torch.__config__.show().splitlines() if "BLAS" in line or "LAPACK" in line]
     return {
         "cpu_cores": str(os.cpu_count()),
         "torch_threads": str(torch.get_num_threads()),
         "memory": mem,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "blas": "; ".join(blas[:3]),
+        "blas": blas_summary(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
     }
+
+
+def blas_summary() -> str:
+    """``BLAS_INFO`` and ``LAPACK_INFO`` from torch's build configuration (e.g. ``mkl / mkl``)."""
+    config = torch.__config__.show()
+    found = {name: re.search(rf"{name}=([^,\s]+)", config) for name in ("BLAS_INFO", "LAPACK_INFO")}
+    return " / ".join(f"{name.split('_')[0]} {m.group(1)}" for name, m in found.items() if m) or "unknown"
 
 
 def peak_rss_mb() -> float:

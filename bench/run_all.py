@@ -55,8 +55,15 @@ def run_one(module: str, args: list[str]) -> tuple[str, float]:
 
 
 def _tables(stdout: str) -> str:
-    """Keep the markdown the benchmark printed (drop ComfyUI's log noise)."""
-    lines = [line for line in stdout.splitlines() if not line.startswith(("WARNING", "Traceback"))]
+    """Keep the markdown the benchmark printed (drop ComfyUI's log noise and the repeated machine table)."""
+    lines, in_machine = [], False
+    for line in stdout.splitlines():
+        if line.startswith("| property | value |"):
+            in_machine = True
+        elif in_machine and not line.startswith("|"):
+            in_machine = False
+        if not in_machine and not line.startswith(("WARNING", "Traceback")):
+            lines.append(line)
     return "\n".join(lines).strip()
 
 

@@ -58,23 +58,10 @@ def wan_like_model(blocks: int, dim: int):
     import comfy.model_patcher  # noqa: TID251 (the native reference side)
     import comfy.supported_models  # noqa: TID251
 
-    cfg = dict(
-        image_model="wan2.1",
-        model_type="t2v",
-        dim=dim,
-        ffn_dim=2 * dim,
-        num_heads=max(1, dim // 128),
-        num_layers=blocks,
-        in_dim=16,
-        out_dim=16,
-        text_dim=64,
-        freq_dim=256,
-        patch_size=(1, 2, 2),
-        window_size=(-1, -1),
-        qk_norm=True,
-        cross_attn_norm=True,
-        eps=1e-6,
-    )
+    from demo.tiny import tiny_config
+
+    _, tiny = tiny_config("wan21")
+    cfg = {**tiny, "dim": dim, "ffn_dim": 2 * dim, "num_heads": max(1, dim // 128), "num_layers": blocks}
     config = comfy.supported_models.WAN21_T2V(cfg)
     config.set_inference_dtype(torch.float32, None)
     cpu = torch.device("cpu")

@@ -177,7 +177,7 @@ def _lycoris_bypass_time(bench, adapter, x, frozen, repeat, label):
     return bench.time(f"{label} lycoris", run, repeat).median
 
 
-def token_curve(bench: Bench, token_counts, repeat: int, out: Path, n: int = 5120) -> list[Path]:
+def token_curve(bench: Bench, token_counts, repeat: int, out: Path, n: int = 3072) -> list[Path]:
     """Adapter forward+backward vs token count (LoKr, LoHa) against materialising ΔW and LyCORIS."""
     plots = []
     for algo in ("lokr", "loha"):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,32 +27,21 @@ import torch.nn.functional as F
 
 from hadakron.training.modules import TrainLoHa, TrainLoKr
 
+from .bench_patch import load_comfyui
 from .harness import Bench, Timing, machine_markdown
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 # --- 1. whole trainer vs ComfyUI's TrainLoraNode -----------------------------------------------
-def load_comfyui(base: Path):
-    """Import ComfyUI on CPU with HadaKron installed, as the tests do."""
-    sys.path.insert(0, str(REPO / "tests"))
-    import comfy_runtime
-
-    if not comfy_runtime.comfy_available():
-        raise SystemExit(f"ComfyUI runtime missing at {comfy_runtime.COMFY_DIR}: run `bash scripts/setup.sh`")
-    return comfy_runtime.load_comfy(base, test_nodes=False)
-
-
 def wan_like(dim: int, blocks: int):
-    """A WAN 2.1 T2V ComfyUI model with random weights (``dim`` wide, ``blocks`` deep)."""
-    import tiny_models
-
-    cfg = dict(tiny_models.tiny_config("wan21")[1], dim=dim, ffn_dim=2 * dim, num_heads=max(1, dim // 128))
-    cfg["num_layers"] = blocks
+    """A WAN 2.1 T2V ComfyUI model with deterministic weights (``dim`` wide, ``blocks`` deep)."""
     from comfy.model_patcher import ModelPatcher  # noqa: TID251 (the native reference side)
 
+    from demo import tiny
+
+    cfg = {**tiny.tiny_config("wan21")[1], "dim": dim, "ffn_dim": 2 * dim, "num_heads": max(1, dim // 128)}
+    cfg["num_layers"] = blocks
     cpu = torch.device("cpu")
-    return ModelPatcher(tiny_models._build_model("WAN21_T2V", cfg, 0), load_device=cpu, offload_device=cpu)
+    return ModelPatcher(tiny._build_model("WAN21_T2V", cfg, 0), load_device=cpu, offload_device=cpu)
 
 
 def _lists(values: dict) -> dict:

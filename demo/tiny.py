@@ -172,23 +172,7 @@ _TINY_CONFIGS: dict[str, tuple[str, dict]] = {
 FAMILIES: tuple[str, ...] = tuple(_TINY_CONFIGS)
 
 # The detectable WAN 2.1 file (Recipe B): detection fixes num_heads = dim // 128, text_dim 4096, freq_dim 256.
-TINY_WAN_FILE_CONFIG = dict(
-    image_model="wan2.1",
-    model_type="t2v",
-    dim=128,
-    ffn_dim=256,
-    num_heads=1,
-    num_layers=1,
-    in_dim=16,
-    out_dim=16,
-    text_dim=4096,
-    freq_dim=256,
-    patch_size=(1, 2, 2),
-    window_size=(-1, -1),
-    qk_norm=True,
-    cross_attn_norm=True,
-    eps=1e-6,
-)
+TINY_WAN_FILE_CONFIG = {**_TINY_CONFIGS["wan21"][1], "num_layers": 1, "text_dim": 4096}
 TINY_WAN_TEXT_DIM = 4096
 
 

@@ -68,6 +68,19 @@ def normalise(name: str) -> str:
     return name.replace(".", "_")
 
 
+def _direct_candidates(norm: str) -> tuple[str, ...]:
+    """The name itself, without a trailing parameter name, and as an RMSNorm ``scale`` parameter.
+
+    ComfyUI's RMSNorm spells its parameter ``scale`` up to 0.3.x and ``weight`` later, so a norm's
+    ``…query_norm`` / ``…query_norm.scale`` / ``…query_norm.weight`` find each other across versions.
+    """
+    for suffix in ("_weight", "_scale"):
+        if norm.endswith(suffix):
+            base = norm[: -len(suffix)]
+            return (norm, base, base + "_scale")
+    return (norm, norm + "_scale")
+
+
 class KeyResolver:
     """Maps adapter module names to targets in one model.
 
@@ -157,9 +170,8 @@ class KeyResolver:
         return self._resolve_by_rules(normalise(rest), bias) if namespace == "unet" else None
 
     def _resolve_direct(self, rest: str, bias: bool) -> Target | None:
-        norm = normalise(rest)
-        for candidate in (norm, norm[: -len("_weight")] if norm.endswith("_weight") else None):
-            if candidate and candidate in self.index:
+        for candidate in _direct_candidates(normalise(rest)):
+            if candidate in self.index:
                 module = (
                     rest if (candidate in self.ambiguous and normalise(rest) == candidate) else self.index[candidate]
                 )

@@ -132,8 +132,11 @@ def bench_load(bench: Bench, modules: int, dim: int, repeat: int) -> None:
             counts["comfy"] = len(comfy.sd.load_lora_for_models(model, None, sd, 1.0, 0)[0].patches)
 
         with torch.inference_mode():
-            mine = bench.time(f"hadakron load {modules} modules", ours, repeat=repeat)
-            ref = bench.time(f"comfy load_lora_for_models {modules} modules", native, repeat=repeat)
+            timings = bench.time_interleaved(
+                {f"hadakron load {modules} modules": ours, f"comfy load_lora_for_models {modules} modules": native},
+                repeat=repeat,
+            )
+        mine, ref = timings.values()
     bench.ratio(f"resolve+patch {modules}-module adapter (WAN-like, {blocks} blocks, dim {dim})", mine, ref, 1.0)
     bench.notes.append(f"patched weights: hadakron {counts['hadakron']}, comfy native {counts['comfy']}")
 
@@ -178,9 +181,14 @@ def bench_layer(bench: Bench, algo: str, weight: torch.Tensor, device: str, repe
     delta = ours.delta(shape, device=device) * scale
     label = f"{algo} {shape[0]}x{shape[1]} {device}"
     with torch.inference_mode():
-        mine = bench.time(f"hadakron {label}", lambda: apply_to_weight(ours, weight, 1.0, scale), repeat)
-        ref = bench.time(f"comfy {label}", lambda: comfy.lora.calculate_weight(patches, weight, "m"), repeat)
-        floor = bench.time(f"add precomputed ΔW {label}", lambda: weight.add_(delta), repeat)
+        mine, ref, floor = bench.time_interleaved(
+            {
+                f"hadakron {label}": lambda: apply_to_weight(ours, weight, 1.0, scale),
+                f"comfy {label}": lambda: comfy.lora.calculate_weight(patches, weight, "m"),
+                f"add precomputed ΔW {label}": lambda: weight.add_(delta),
+            },
+            repeat,
+        ).values()
     bench.ratio(f"{label}: vs ComfyUI calculate_weight", mine, ref, 0.7)
     bench.ratio(f"{label}: vs in-place add of precomputed ΔW", mine, floor, 1.5)
 

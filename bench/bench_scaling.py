@@ -36,9 +36,14 @@ def _patch_points(bench: Bench, algo: str, shape, rank: int, repeat: int, factor
     delta = ours.delta(shape) * scale
     label = f"{algo} {shape[0]}x{shape[1]} r{rank}{factor_note}"
     with torch.inference_mode():
-        mine = bench.time(f"hadakron {label}", lambda: apply_to_weight(ours, weight, 1.0, scale), repeat)
-        native = bench.time(f"comfy {label}", lambda: comfy.lora.calculate_weight(patches, weight, "m"), repeat)
-        floor = bench.time(f"floor {label}", lambda: weight.add_(delta), repeat)
+        mine, native, floor = bench.time_interleaved(
+            {
+                f"hadakron {label}": lambda: apply_to_weight(ours, weight, 1.0, scale),
+                f"comfy {label}": lambda: comfy.lora.calculate_weight(patches, weight, "m"),
+                f"floor {label}": lambda: weight.add_(delta),
+            },
+            repeat,
+        ).values()
     bench.ratio(f"patch {label}: vs ComfyUI", mine, native)
     bench.ratio(f"patch {label}: vs floor", mine, floor)
     return {"hadakron": mine.median, "comfy native": native.median, "add precomputed ΔW": floor.median}
@@ -138,14 +143,11 @@ def _bypass_times(
     def frozen_only():
         F.linear(x, frozen).square().mean()
 
-    mine = bench.time(f"{label} bypass", ours, repeat)
-    mat = bench.time(f"{label} materialised", materialised, repeat)
+    mine, mat, frozen_time = bench.time_interleaved(
+        {f"{label} bypass": ours, f"{label} materialised": materialised, f"{label} frozen": frozen_only}, repeat
+    ).values()
     bench.ratio(f"{label}: layer fwd+bwd, bypass vs materialised ΔW", mine, mat)
-    times = {
-        "hadakron bypass": mine.median,
-        "materialised ΔW": mat.median,
-        "frozen layer": bench.time(f"{label} frozen", frozen_only, repeat).median,
-    }
+    times = {"hadakron bypass": mine.median, "materialised ΔW": mat.median, "frozen layer": frozen_time.median}
     if lycoris:
         times["lycoris bypass"] = _lycoris_bypass_time(bench, adapter, x, frozen, repeat, label)
     for p in params:

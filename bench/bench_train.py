@@ -68,9 +68,14 @@ def trainer_bench(bench: Bench, runtime, args) -> None:
             native_node.execute(model=[model_b], latents=latents, positive=positive, **_lists(values))
 
     model_a, model_b = wan_like(args.dim, args.blocks), wan_like(args.dim, args.blocks)
-    t_ours = bench.time(f"HadaKronTrainAdapter, {args.steps} steps", lambda: ours(args.steps), repeat=args.repeat)
-    t_native = bench.time(f"TrainLoraNode, {args.steps} steps", lambda: native(args.steps), repeat=args.repeat)
-    t_ckpt = bench.time("TrainLoraNode, checkpointing", lambda: native(args.steps, True), repeat=args.repeat)
+    t_ours, t_native, t_ckpt = bench.time_interleaved(
+        {
+            f"HadaKronTrainAdapter, {args.steps} steps": lambda: ours(args.steps),
+            f"TrainLoraNode, {args.steps} steps": lambda: native(args.steps),
+            "TrainLoraNode, checkpointing": lambda: native(args.steps, True),
+        },
+        repeat=args.repeat,
+    ).values()
     name = f"WAN-like dim {args.dim} x{args.blocks} blocks, {(args.latent // 2) ** 2} tokens, LoKr"
     bench.ratio(f"steps/s vs native, both without checkpointing ({name})", t_ours, t_native, 2.0, True)
     bench.ratio(f"steps/s vs native with its default checkpointing ({name})", t_ours, t_ckpt, 2.0, True)

@@ -138,6 +138,25 @@ class Bench:
         self.timings.append(timing)
         return timing
 
+    def time_interleaved(
+        self, fns: dict[str, Callable[[], object]], repeat: int = 5, warmup: int = 1
+    ) -> dict[str, Timing]:
+        """Time several alternatives round-robin (one run of each per round), so a burst of load on a
+        shared machine hits every alternative alike instead of all runs of one; ``{label: Timing}``."""
+        runs: dict[str, list[float]] = {label: [] for label in fns}
+        for index in range(warmup + repeat):
+            for label, fn in fns.items():
+                gc.collect()
+                start = time.perf_counter()
+                fn()
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                if index >= warmup:
+                    runs[label].append(time.perf_counter() - start)
+        timings = {label: Timing(label, values) for label, values in runs.items()}
+        self.timings.extend(timings.values())
+        return timings
+
     def ratio(
         self, name: str, ours: Timing, reference: Timing, target: float | None = None, higher_is_better: bool = False
     ) -> Ratio:

@@ -97,6 +97,13 @@ class ComfyModelAccess:
             return latent.squeeze(1)
         return latent
 
+    def reference_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """A control latent (dataset layout, like ``TrainingItem.latent``) as a batch-of-one reference latent
+        in this model's layout (Kontext / Qwen-Image-Edit ``reference_latents``; raw VAE space, the model's
+        ``extra_conds`` normalises it). Already batched latents are kept as they are."""
+        latent = self.model_latent(latent.float())
+        return latent if latent.dim() == self.latent_ndim + 1 else latent.unsqueeze(0)
+
     def prepare(self, batch):
         """Stack the batch's latents (model space via ``process_latent_in``) and encode its conds."""
         latents = torch.stack([self.model_latent(item.latent).float() for item in batch.items]).to(self.device)
@@ -107,7 +114,8 @@ class ComfyModelAccess:
     def _conditioning(self, batch, x0: torch.Tensor) -> dict:
         per_item = []
         for index, (item, cond) in enumerate(zip(batch.items, batch.conditionings, strict=True)):
-            cond = _with_control(cond, getattr(item, "control_latents", None))
+            controls = [self.reference_latent(lat) for lat in getattr(item, "control_latents", None) or []]
+            cond = _with_control(cond, controls)
             converted = comfy.sampler_helpers.convert_cond(cond)
             sample = x0[index : index + 1]
             encoded = comfy.samplers.encode_model_conds(
@@ -155,7 +163,7 @@ def _slice(kwargs: dict, index: int) -> dict:
 def _with_control(cond, control_latents):
     if not control_latents:
         return cond
-    refs = [lat if lat.dim() >= 4 else lat.unsqueeze(0) for lat in control_latents]
+    refs = list(control_latents)
     return [[c[0], {**c[1], "reference_latents": list(c[1].get("reference_latents", [])) + refs}] for c in cond]
 
 

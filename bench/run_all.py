@@ -37,6 +37,7 @@ def plan(quick: bool, cuda: bool) -> list[tuple[str, list[str]]]:
         ("bench.bench_convert", ["--repeat", "2" if quick else "3", "--dense-repeat", "1"]),
         ("bench.bench_train", ["--repeat", "2" if quick else "3"]),
         ("bench.bench_memory", []),
+        ("bench.bench_memory_comfy", []),
         ("bench.bench_scaling", ["--out", "bench/plots"] + (["--quick"] if quick else [])),
     ]
     if cuda:

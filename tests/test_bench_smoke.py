@@ -18,6 +18,7 @@ SMOKE_RUNS = {
     ],
     "bench_lowrank": ["--size", "256", "--w2-rank", "4", "--rank", "8", "--repeat", "1"],
     "bench_memory": ["--blocks", "1", "--dim", "128"],
+    "bench_memory_comfy": ["--blocks", "3", "--dim", "128", "--steps", "1"],
 }
 
 

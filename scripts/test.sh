@@ -7,8 +7,9 @@ cd "$ROOT"
 
 bash scripts/setup.sh --browser
 
-echo "[test] ruff check"
+echo "[test] ruff check + format check"
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 
 echo "[test] pytest"
 # pytest exits 5 when nothing was collected; `set -e` turns that into a failure too.

@@ -60,6 +60,22 @@ def run(args) -> int:
     return finish(result, args)
 
 
+def add_single_adapter_parser(subparsers, name: str, adapter_help: str, **texts) -> None:
+    """Register a one-adapter command (``to-lora``, ``resize``): IN plus :func:`add_output_arguments`.
+
+    ``texts`` are the subparser's ``help`` and ``description``.
+    """
+    parser = subparsers.add_parser(name, **texts)
+    parser.add_argument("adapter", metavar="IN", help=adapter_help)
+    add_output_arguments(parser, required_target=True)
+
+
+def run_single_adapter(transform, args) -> int:
+    """Read IN, apply ``transform(source, rank, energy, dtype)`` and write OUT."""
+    source = read_adapter(args.adapter, args.convention)
+    return finish(transform(source, args.rank, args.energy, DTYPES[args.dtype]), args)
+
+
 def finish(result, args) -> int:
     """Save the result and print the report."""
     path = save_result(result, args.out, overwrite=args.overwrite)

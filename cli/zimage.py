@@ -36,20 +36,30 @@ def qkv_options(args) -> QkvOptions:
     return QkvOptions(lokr_rank=args.lokr_rank, lossless=args.lossless, reverse=args.reverse)
 
 
+def add_qkv_parser(subparsers, name: str, **texts) -> None:
+    """Register a QKV command ``name``; ``texts`` are its ``help`` and ``description``."""
+    add_qkv_arguments(subparsers.add_parser(name, **texts))
+
+
+def run_qkv(spec, args) -> int:
+    """Convert SRC to DST with ``spec`` and print the report."""
+    report = convert_qkv_file(args.src, args.dst, spec, qkv_options(args), overwrite=args.overwrite)
+    print_report(report, args.json)
+    return 0
+
+
 def add_parser(subparsers) -> None:
     """Register ``zimage-to-comfy``."""
-    parser = subparsers.add_parser(
+    add_qkv_parser(
+        subparsers,
         "zimage-to-comfy",
         help="Z-Image: fuse q/k/v into ComfyUI's attention.qkv (LoRA/LoHa exact, LoKr optimal LoRA)",
         description="Renames to ComfyUI's Z-Image names and fuses attention to_q/to_k/to_v into qkv: LoRA and "
         "LoHa exactly, LoKr by the optimal truncated SVD of the stacked delta (per-layer kept energy and error "
         "reported), or --lossless to keep LoKr split. --reverse splits back.",
     )
-    add_qkv_arguments(parser)
 
 
 def run(args) -> int:
     """Convert SRC to DST and print the report."""
-    report = convert_qkv_file(args.src, args.dst, ZIMAGE_SPEC, qkv_options(args), overwrite=args.overwrite)
-    print_report(report, args.json)
-    return 0
+    return run_qkv(ZIMAGE_SPEC, args)

@@ -8,7 +8,7 @@ musubi-tuner's HV 1.5 blocks have separate ``img_attn_q/k/v`` (and ``txt_``), ``
 
 from __future__ import annotations
 
-from .qkv import QkvSpec
+from .qkv import QkvSpec, suffix_renames
 
 _STREAM = r"double_blocks_\d+_(?:img|txt)"
 
@@ -19,15 +19,10 @@ HV15_SPEC = QkvSpec(
     fused="{base}_qkv",
     fused_pattern=rf"(?P<base>{_STREAM}_attn)_qkv",
     part="{base}_{part}",
-    renames=(
-        (rf"({_STREAM}_mlp)_fc1", r"\1_0"),
-        (rf"({_STREAM}_mlp)_fc2", r"\1_2"),
-        (rf"({_STREAM}_mod)_linear", r"\1_lin"),
-    ),
-    reverse_renames=(
-        (rf"({_STREAM}_mlp)_0", r"\1_fc1"),
-        (rf"({_STREAM}_mlp)_2", r"\1_fc2"),
-        (rf"({_STREAM}_mod)_lin", r"\1_linear"),
+    **suffix_renames(
+        (f"{_STREAM}_mlp", "fc1", "0"),
+        (f"{_STREAM}_mlp", "fc2", "2"),
+        (f"{_STREAM}_mod", "linear", "lin"),
     ),
     lossless_prefix="lora_unet_",  # only HadaKron maps split HV 1.5 q/k/v onto the fused weight
 )

@@ -70,6 +70,17 @@ class QkvSpec:
     lossless_prefix: str = PREFIX
 
 
+def suffix_renames(*changes: tuple[str, str, str]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """:class:`QkvSpec` ``renames`` and ``reverse_renames`` for modules ``<base>_<old>`` -> ``<base>_<new>``.
+
+    Each change is ``(base, old, new)``; ``base`` is a regex, ``old`` and ``new`` literal name suffixes.
+    """
+    return {
+        "renames": tuple((rf"({base})_{old}", rf"\1_{new}") for base, old, new in changes),
+        "reverse_renames": tuple((rf"({base})_{new}", rf"\1_{old}") for base, old, new in changes),
+    }
+
+
 @dataclass
 class QkvOptions:
     """``lokr_rank`` (None: energy rule), ``energy`` (musubi 0.9999), ``lossless`` and ``reverse``."""

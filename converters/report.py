@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..common.sections import section_lines
+
 
 @dataclass
 class LayerFit:
@@ -82,12 +84,7 @@ class ConversionReport:
             ("kept as is (name not in the module tables)", self.kept),
             ("renamed", [f"{a} -> {b}" for a, b in self.renamed]),
         )
-        for title, rows in sections:
-            if rows:
-                lines.append(f"  {title}: {len(rows)}")
-                lines += [f"    {r}" for r in rows[:max_rows]]
-                if len(rows) > max_rows:
-                    lines.append(f"    ... {len(rows) - max_rows} more")
+        lines += section_lines(sections, max_rows)
         return "\n".join(lines)
 
     def to_dict(self) -> dict:

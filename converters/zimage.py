@@ -6,7 +6,7 @@ musubi-tuner trains ``layers.N.attention.to_q/to_k/to_v/to_out.0``; ComfyUI's mo
 
 from __future__ import annotations
 
-from .qkv import QkvSpec
+from .qkv import QkvSpec, suffix_renames
 
 _BLOCK = r"(?:layers|noise_refiner|context_refiner)_\d+_attention"
 
@@ -17,15 +17,10 @@ ZIMAGE_SPEC = QkvSpec(
     fused="{base}_qkv",
     fused_pattern=rf"(?P<base>{_BLOCK})_qkv",
     part="{base}_to_{part}",
-    renames=(
-        (rf"({_BLOCK})_to_out_0", r"\1_out"),
-        (rf"({_BLOCK})_norm_q", r"\1_q_norm"),
-        (rf"({_BLOCK})_norm_k", r"\1_k_norm"),
-    ),
-    reverse_renames=(
-        (rf"({_BLOCK})_out", r"\1_to_out_0"),
-        (rf"({_BLOCK})_q_norm", r"\1_norm_q"),
-        (rf"({_BLOCK})_k_norm", r"\1_norm_k"),
+    **suffix_renames(
+        (_BLOCK, "to_out_0", "out"),
+        (_BLOCK, "norm_q", "q_norm"),
+        (_BLOCK, "norm_k", "k_norm"),
     ),
     # ComfyUI maps diffusers q/k/v names onto qkv row slices natively (comfy.utils.z_image_to_diffusers).
     lossless_prefix="diffusion_model.",

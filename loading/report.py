@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..common.sections import section_lines
+
 
 @dataclass
 class LoadReport:
@@ -79,12 +81,7 @@ class LoadReport:
             ("non-weight keys consumed", self.consumed_non_weight),
             ("unknown keys ignored", self.unknown_keys),
         )
-        for title, rows in sections:
-            if rows:
-                lines.append(f"  {title}: {len(rows)}")
-                lines += [f"    {r}" for r in rows[:max_rows]]
-                if len(rows) > max_rows:
-                    lines.append(f"    ... {len(rows) - max_rows} more")
+        lines += section_lines(sections, max_rows)
         return "\n".join(lines)
 
 

@@ -22,7 +22,8 @@ from ..converters import (
     convert_qkv_file,
 )
 from ..keymap.families import FAMILIES
-from ._comfy import io, schema
+from ._comfy import io
+from .file_node import file_node_schema
 from .guard import adapter_path, run_guarded
 
 SUFFIX = ".safetensors"
@@ -64,13 +65,6 @@ def output_path(output_name: str, adapter_name: str, tag: str) -> tuple[Path, st
     return path, name
 
 
-def _outputs() -> list:
-    return [
-        io.String.Output(display_name="path"),
-        io.String.Output(display_name="report"),
-    ]
-
-
 def _finish(report, name: str) -> io.NodeOutput:
     text = report.render()
     return io.NodeOutput(name, text, ui={"text": [text]})
@@ -81,9 +75,8 @@ class ConvertFormat(io.ComfyNode):
 
     @classmethod
     def define_schema(cls):
-        return schema(
+        return file_node_schema(
             node_id="HadaKronConvertFormat",
-            is_output_node=True,  # writes a file: may run on its own
             display_name="Convert Adapter Format",
             category="HadaKron/convert",
             description="Writes the adapter with another key format: default (sd-scripts/musubi lora_unet_), other "
@@ -112,7 +105,6 @@ class ConvertFormat(io.ComfyNode):
                 ),
                 *_output_inputs("_<target>"),
             ],
-            outputs=_outputs(),
         )
 
     @classmethod
@@ -153,56 +145,55 @@ def _qkv_inputs() -> list:
     ]
 
 
-def _run_qkv(spec, adapter_name, lokr_rank, lossless, reverse, output_name, overwrite) -> io.NodeOutput:
-    def work():
-        source = adapter_path(adapter_name)
-        path, name = output_path(output_name, adapter_name, "split" if reverse else "comfy")
-        options = QkvOptions(lokr_rank=lokr_rank or None, lossless=lossless and not reverse, reverse=reverse)
-        return _finish(convert_qkv_file(source, path, spec, options, overwrite=overwrite), name)
+class _QkvNode(io.ComfyNode):
+    """A QKV conversion node: the subclasses differ only in :attr:`SPEC` and their schema's text."""
 
-    return run_guarded(work)
+    SPEC = None
+    NODE_ID = DISPLAY_NAME = DESCRIPTION = ""
+
+    @classmethod
+    def define_schema(cls):
+        return file_node_schema(
+            node_id=cls.NODE_ID,
+            display_name=cls.DISPLAY_NAME,
+            category="HadaKron/convert",
+            description=cls.DESCRIPTION,
+            inputs=_qkv_inputs(),
+        )
+
+    @classmethod
+    def execute(cls, adapter_name, lokr_rank, lossless, reverse, output_name, overwrite) -> io.NodeOutput:
+        def work():
+            source = adapter_path(adapter_name)
+            path, name = output_path(output_name, adapter_name, "split" if reverse else "comfy")
+            options = QkvOptions(lokr_rank=lokr_rank or None, lossless=lossless and not reverse, reverse=reverse)
+            return _finish(convert_qkv_file(source, path, cls.SPEC, options, overwrite=overwrite), name)
+
+        return run_guarded(work)
 
 
-class ConvertZImageQKV(io.ComfyNode):
+class ConvertZImageQKV(_QkvNode):
     """Z-Image: musubi/diffusers q/k/v names to ComfyUI's fused attention.qkv (and back)."""
 
-    @classmethod
-    def define_schema(cls):
-        return schema(
-            node_id="HadaKronConvertZImageQKV",
-            is_output_node=True,  # writes a file: may run on its own
-            display_name="Convert Z-Image LoRA for ComfyUI",
-            category="HadaKron/convert",
-            description="Renames to ComfyUI's Z-Image names and fuses to_q/to_k/to_v into attention.qkv: LoRA and "
-            "LoHa exactly, LoKr as the optimal LoRA (or kept split with 'lossless').",
-            inputs=_qkv_inputs(),
-            outputs=_outputs(),
-        )
-
-    @classmethod
-    def execute(cls, adapter_name, lokr_rank, lossless, reverse, output_name, overwrite) -> io.NodeOutput:
-        return _run_qkv(ZIMAGE_SPEC, adapter_name, lokr_rank, lossless, reverse, output_name, overwrite)
+    SPEC = ZIMAGE_SPEC
+    NODE_ID = "HadaKronConvertZImageQKV"
+    DISPLAY_NAME = "Convert Z-Image LoRA for ComfyUI"
+    DESCRIPTION = (
+        "Renames to ComfyUI's Z-Image names and fuses to_q/to_k/to_v into attention.qkv: LoRA and "
+        "LoHa exactly, LoKr as the optimal LoRA (or kept split with 'lossless')."
+    )
 
 
-class ConvertHV15QKV(io.ComfyNode):
+class ConvertHV15QKV(_QkvNode):
     """HunyuanVideo 1.5: musubi's split q/k/v and MLP/modulation names to ComfyUI's (and back)."""
 
-    @classmethod
-    def define_schema(cls):
-        return schema(
-            node_id="HadaKronConvertHV15QKV",
-            is_output_node=True,  # writes a file: may run on its own
-            display_name="Convert HunyuanVideo 1.5 LoRA for ComfyUI",
-            category="HadaKron/convert",
-            description="Renames img_mlp_fc1/fc2, img_mod_linear (and txt) to ComfyUI's names and fuses "
-            "img/txt q/k/v into qkv: LoRA and LoHa exactly, LoKr as the optimal LoRA (or kept split).",
-            inputs=_qkv_inputs(),
-            outputs=_outputs(),
-        )
-
-    @classmethod
-    def execute(cls, adapter_name, lokr_rank, lossless, reverse, output_name, overwrite) -> io.NodeOutput:
-        return _run_qkv(HV15_SPEC, adapter_name, lokr_rank, lossless, reverse, output_name, overwrite)
+    SPEC = HV15_SPEC
+    NODE_ID = "HadaKronConvertHV15QKV"
+    DISPLAY_NAME = "Convert HunyuanVideo 1.5 LoRA for ComfyUI"
+    DESCRIPTION = (
+        "Renames img_mlp_fc1/fc2, img_mod_linear (and txt) to ComfyUI's names and fuses "
+        "img/txt q/k/v into qkv: LoRA and LoHa exactly, LoKr as the optimal LoRA (or kept split)."
+    )
 
 
 NODES = [ConvertFormat, ConvertZImageQKV, ConvertHV15QKV]

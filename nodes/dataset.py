@@ -112,6 +112,11 @@ def _progress():
     return report
 
 
+def _fps_input(name: str, default: float, tooltip: str, minimum: float = 0.0) -> io.Float.Input:
+    """A frame-rate input (frames per second, up to 1000)."""
+    return io.Float.Input(name, default=default, min=minimum, max=1000.0, step=0.001, tooltip=tooltip)
+
+
 def _inputs() -> list:
     return [
         io.String.Input(
@@ -178,21 +183,16 @@ def _inputs() -> list:
             "frame_sample", default=1, min=1, max=10000, tooltip="Number of clips per video in 'uniform' mode."
         ),
         io.Int.Input("max_frames", default=129, min=1, max=100000, tooltip="Longest clip in 'full' mode."),
-        io.Float.Input(
+        _fps_input(
             "source_fps",
-            default=0.0,
-            min=0.0,
-            max=1000.0,
-            step=0.001,
-            tooltip="Frame rate of the videos; when set, frames are dropped to reach target_fps (0 keeps every frame).",
+            0.0,
+            "Frame rate of the videos; when set, frames are dropped to reach target_fps (0 keeps every frame).",
         ),
-        io.Float.Input(
+        _fps_input(
             "target_fps",
-            default=16.0,
-            min=1.0,
-            max=1000.0,
-            step=0.001,
-            tooltip="Frame rate the model trains at (WAN 16, HunyuanVideo 24, FramePack 30); used with source_fps.",
+            16.0,
+            "Frame rate the model trains at (WAN 16, HunyuanVideo 24, FramePack 30); used with source_fps.",
+            minimum=1.0,
         ),
         io.Combo.Input(
             "cache",

@@ -44,6 +44,11 @@ def adapter_inputs() -> list:
     ]
 
 
+def _regex_input(name: str, tooltip: str) -> io.String.Input:
+    """An optional module-name filter (a regular expression; empty: no filter)."""
+    return io.String.Input(name, default="", optional=True, tooltip=tooltip)
+
+
 class LoadAdapter(io.ComfyNode):
     """Load any producer's LoRA/LoHa/LoKr file exactly, with a load report."""
 
@@ -79,18 +84,8 @@ class LoadAdapter(io.ComfyNode):
                     default=False,
                     tooltip="Compute every delta with the LyCORIS library (needs lycoris-lora).",
                 ),
-                io.String.Input(
-                    "include",
-                    default="",
-                    optional=True,
-                    tooltip="Regex: only modules whose ComfyUI name matches are applied.",
-                ),
-                io.String.Input(
-                    "exclude",
-                    default="",
-                    optional=True,
-                    tooltip="Regex: modules whose ComfyUI name matches are skipped.",
-                ),
+                _regex_input("include", "Regex: only modules whose ComfyUI name matches are applied."),
+                _regex_input("exclude", "Regex: modules whose ComfyUI name matches are skipped."),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL"),

@@ -16,7 +16,8 @@ from ..common.errors import OutputExistsError
 from ..common.paths import resolve_inside, sanitize_output_name
 from ..loading import read_adapter
 from ..merge.combine import MODES, combine_adapters, resize_lora, save_result, to_lora
-from ._comfy import io, schema
+from ._comfy import io
+from .file_node import file_node_schema
 from .guard import adapter_path, run_guarded
 from .load import CONVENTION_HELP
 
@@ -59,10 +60,6 @@ def _output_input(default: str) -> io.String.Input:
         tooltip="File name inside the first loras folder (sub-folders allowed); an existing file is never "
         "replaced, a number is added instead.",
     )
-
-
-def _outputs() -> list:
-    return [io.String.Output(display_name="path"), io.String.Output(display_name="report")]
 
 
 def _targets(rank: int, energy: float) -> tuple[int | None, float | None]:
@@ -129,15 +126,13 @@ class CombineAdapters(io.ComfyNode):
             io.Combo.Input("convention", options=list(CONVENTIONS), default="auto", tooltip=CONVENTION_HELP),
             _output_input("merged/hadakron_merged"),
         ]
-        return schema(
+        return file_node_schema(
             node_id="HadaKronCombineAdapters",
-            is_output_node=True,  # writes a file: may run on its own
             display_name="Merge Adapters",
             category=CATEGORY,
             description="Sums LoRA/LoHa/LoKr files into one adapter file and reports the kept energy and relative "
             "error per layer and overall.",
             inputs=inputs,
-            outputs=_outputs(),
         )
 
     @classmethod
@@ -154,63 +149,66 @@ class CombineAdapters(io.ComfyNode):
         return run_guarded(work)
 
 
-class ToLoRA(io.ComfyNode):
+class _SingleAdapterNode(io.ComfyNode):
+    """One adapter file in, one LoRA file out at a rank/energy: the subclasses set the text and :meth:`transform`."""
+
+    NODE_ID = DISPLAY_NAME = DESCRIPTION = ADAPTER_TOOLTIP = DEFAULT_OUTPUT = ""
+    DEFAULT_RANK = 32
+
+    @staticmethod
+    def transform(source, rank, energy):
+        raise NotImplementedError
+
+    @classmethod
+    def define_schema(cls):
+        return file_node_schema(
+            node_id=cls.NODE_ID,
+            display_name=cls.DISPLAY_NAME,
+            category=CATEGORY,
+            description=cls.DESCRIPTION,
+            inputs=[
+                io.Combo.Input("adapter_name", options=_lora_names(), tooltip=cls.ADAPTER_TOOLTIP),
+                *_target_inputs(default_rank=cls.DEFAULT_RANK),
+                io.Combo.Input("convention", options=list(CONVENTIONS), default="auto", tooltip=CONVENTION_HELP),
+                _output_input(cls.DEFAULT_OUTPUT),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, adapter_name, rank=None, energy=0.0, convention="auto", output_name="") -> io.NodeOutput:
+        def work():
+            source = read_adapter(adapter_path(adapter_name), convention)
+            r, e = _targets(cls.DEFAULT_RANK if rank is None else rank, energy)
+            return _save(cls.transform(source, r, e), output_name)
+
+        return run_guarded(work)
+
+
+class ToLoRA(_SingleAdapterNode):
     """LoHa/LoKr (or hybrid) to LoRA, optimally per layer."""
 
-    @classmethod
-    def define_schema(cls):
-        return schema(
-            node_id="HadaKronToLoRA",
-            is_output_node=True,  # writes a file: may run on its own
-            display_name="Convert LoHa/LoKr to LoRA",
-            category=CATEGORY,
-            description="LoHa via its exact rank r1·r2 form, LoKr via the SVDs of its two factors (no dense SVD); "
-            "truncated to the rank/energy with the optimal error, which is reported.",
-            inputs=[
-                io.Combo.Input("adapter_name", options=_lora_names(), tooltip="LoHa/LoKr file from the loras folders."),
-                *_target_inputs(default_rank=32),
-                io.Combo.Input("convention", options=list(CONVENTIONS), default="auto", tooltip=CONVENTION_HELP),
-                _output_input("converted/hadakron_lora"),
-            ],
-            outputs=_outputs(),
-        )
-
-    @classmethod
-    def execute(cls, adapter_name, rank=32, energy=0.0, convention="auto", output_name="") -> io.NodeOutput:
-        def work():
-            source = read_adapter(adapter_path(adapter_name), convention)
-            return _save(to_lora(source, *_targets(rank, energy)), output_name)
-
-        return run_guarded(work)
+    NODE_ID = "HadaKronToLoRA"
+    DISPLAY_NAME = "Convert LoHa/LoKr to LoRA"
+    DESCRIPTION = (
+        "LoHa via its exact rank r1·r2 form, LoKr via the SVDs of its two factors (no dense SVD); "
+        "truncated to the rank/energy with the optimal error, which is reported."
+    )
+    ADAPTER_TOOLTIP = "LoHa/LoKr file from the loras folders."
+    DEFAULT_RANK = 32
+    DEFAULT_OUTPUT = "converted/hadakron_lora"
+    transform = staticmethod(to_lora)
 
 
-class ResizeLoRA(io.ComfyNode):
+class ResizeLoRA(_SingleAdapterNode):
     """Change a LoRA's rank (optimal truncation per layer)."""
 
-    @classmethod
-    def define_schema(cls):
-        return schema(
-            node_id="HadaKronResizeLoRA",
-            is_output_node=True,  # writes a file: may run on its own
-            display_name="Resize LoRA rank",
-            category=CATEGORY,
-            description="Thin QR of up/downᵀ and an SVD of the small core per layer; reports kept energy and error.",
-            inputs=[
-                io.Combo.Input("adapter_name", options=_lora_names(), tooltip="LoRA file from the loras folders."),
-                *_target_inputs(default_rank=16),
-                io.Combo.Input("convention", options=list(CONVENTIONS), default="auto", tooltip=CONVENTION_HELP),
-                _output_input("resized/hadakron_lora"),
-            ],
-            outputs=_outputs(),
-        )
-
-    @classmethod
-    def execute(cls, adapter_name, rank=16, energy=0.0, convention="auto", output_name="") -> io.NodeOutput:
-        def work():
-            source = read_adapter(adapter_path(adapter_name), convention)
-            return _save(resize_lora(source, *_targets(rank, energy)), output_name)
-
-        return run_guarded(work)
+    NODE_ID = "HadaKronResizeLoRA"
+    DISPLAY_NAME = "Resize LoRA rank"
+    DESCRIPTION = "Thin QR of up/downᵀ and an SVD of the small core per layer; reports kept energy and error."
+    ADAPTER_TOOLTIP = "LoRA file from the loras folders."
+    DEFAULT_RANK = 16
+    DEFAULT_OUTPUT = "resized/hadakron_lora"
+    transform = staticmethod(resize_lora)
 
 
 NODES = [CombineAdapters, ToLoRA, ResizeLoRA]

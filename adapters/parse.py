@@ -161,7 +161,7 @@ def _all_finite(tensors) -> bool:
     floats = [t for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
     shared = _shared_buffer_view(floats)
     if shared is not None:
-        if not bool(torch.isfinite(shared).all()):
+        if not bool(torch.isfinite(shared.sum(dtype=torch.float32))):
             return False
         floats = [t for t in floats if t.dtype != shared.dtype]
     sums = [(t.float() if t.element_size() == 1 else t).sum(dtype=torch.float32) for t in floats]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy
 import torch
 
 from .atomic import atomic_open
@@ -138,38 +139,44 @@ def load_tensor_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         from safetensors.torch import load_file
 
         return load_file(str(path)), dict(read_safetensors_header(path)[1])
-    entries, metadata, data = _read_whole_safetensors(path)
+    entries, metadata, base = _read_whole_safetensors(path)
     tensors = {
-        name: _view_tensor(data, *entry["data_offsets"], ST_TO_DTYPE[entry["dtype"]], entry["shape"])
+        name: _view_tensor(base, *entry["data_offsets"], ST_TO_DTYPE[entry["dtype"]], entry["shape"])
         for name, entry in entries.items()
     }
     return tensors, dict(metadata)
 
 
-def _read_whole_safetensors(path: Path) -> tuple[dict, dict[str, str], bytearray]:
-    """Checked header, metadata and the data region, read with one pass over the file."""
+def _read_whole_safetensors(path: Path) -> tuple[dict, dict[str, str], torch.Tensor]:
+    """Checked header, metadata and the data region as one uint8 tensor, read with one pass over the file.
+
+    The data is read straight into an uninitialised buffer (no zero-fill pass before the read).
+    """
     try:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             header_len = _header_length(handle.read(8), size, path)
             header_bytes = handle.read(header_len)
-            data = bytearray(size - 8 - header_len)
-            if handle.readinto(data) != len(data):
+            data = numpy.empty(size - 8 - header_len, dtype=numpy.uint8)
+            if handle.readinto(memoryview(data)) != data.size:
                 raise AdapterFileError("file changed while reading (truncated)", path=str(path))
     except OSError as exc:
         raise AdapterFileError(f"cannot read file: {exc.strerror or exc}", path=str(path)) from exc
-    entries, metadata = _checked_header(header_bytes, len(data), path)
-    return entries, metadata, data
+    entries, metadata = _checked_header(header_bytes, data.size, path)
+    return entries, metadata, torch.from_numpy(data)
 
 
-def _view_tensor(data: bytearray, start: int, end: int, dtype: torch.dtype, shape: list) -> torch.Tensor:
-    """A tensor viewing ``data[start:end]`` (copied when its offset is not aligned to the element size)."""
-    itemsize = _ITEMSIZE[DTYPE_TO_ST[dtype]]
+def _view_tensor(base: torch.Tensor, start: int, end: int, dtype: torch.dtype, shape: list) -> torch.Tensor:
+    """``base[start:end]`` (bytes) viewed as ``dtype``/``shape``: every tensor of a file shares one buffer.
+
+    A tensor whose offset is not a multiple of its element size is copied, so all are aligned.
+    """
     if end == start:
         return torch.empty(shape, dtype=dtype)
-    if start % itemsize:
-        return torch.frombuffer(bytearray(data[start:end]), dtype=dtype).view(shape)
-    return torch.frombuffer(data, dtype=dtype, count=(end - start) // itemsize, offset=start).view(shape)
+    chunk = base[start:end]
+    if start % _ITEMSIZE[DTYPE_TO_ST[dtype]]:
+        chunk = chunk.clone()
+    return chunk.view(dtype).view(shape)
 
 
 def _load_pickle_weights_only(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

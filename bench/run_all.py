@@ -35,7 +35,7 @@ def plan(quick: bool, cuda: bool) -> list[tuple[str, list[str]]]:
         ("bench.bench_patch", ["--repeat", "3" if quick else "5"]),
         ("bench.bench_lowrank", ["--repeat", "3"]),
         ("bench.bench_convert", ["--repeat", "2" if quick else "3", "--dense-repeat", "1"]),
-        ("bench.bench_train", ["--repeat", "2", "--layer-repeat", "2" if quick else "3"]),
+        ("bench.bench_train", ["--repeat", "2", "--layer-repeat", "2"]),
         ("bench.bench_train", ["--skip-layers", "--repeat", "2", "--steps", "10", "--dim", "512", "--blocks", "4"]),
         ("bench.bench_memory", []),
         ("bench.bench_memory_comfy", []),

@@ -33,4 +33,4 @@ def test_benchmark_runs_and_prints_ratios(module):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| measure | ratio |" in proc.stdout
-    assert "| torch |" in proc.stdout or module == "bench_memory"
+    assert "| torch |" in proc.stdout or module.startswith("bench_memory")

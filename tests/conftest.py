@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import comfy_runtime
 
@@ -23,3 +24,12 @@ def comfy(tmp_path_factory) -> comfy_runtime.ComfyRuntime:
     if not comfy_runtime.comfy_available():
         pytest.skip(f"ComfyUI runtime missing ({comfy_runtime.COMFY_DIR}); run `bash scripts/setup.sh`")
     return comfy_runtime.load_comfy(tmp_path_factory.mktemp("comfy_base"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared CPU run much faster single-threaded (and bitwise reproducibly)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -24,19 +24,10 @@ import tiny_models
 from loader_helpers import base, patched
 from tiny_models import build_tiny
 
-pytestmark = pytest.mark.comfy
+pytestmark = [pytest.mark.comfy, pytest.mark.usefixtures("one_torch_thread")]
 
 STEPS = 6
 TARGETS = 20  # tiny WAN: 2 blocks x (self q/k/v/o, cross q/k/v/o, ffn.0, ffn.2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU run much faster single-threaded (and bitwise reproducibly)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _data(n: int = 2, seed: int = 0):

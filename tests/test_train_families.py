@@ -34,21 +34,12 @@ import tiny_models
 from loader_helpers import patched
 from tiny_models import build_tiny
 
-pytestmark = pytest.mark.comfy
+pytestmark = [pytest.mark.comfy, pytest.mark.usefixtures("one_torch_thread")]
 
 STEPS = 50
 LEARNING_RATE = 5e-2
 IMPROVEMENT = 0.97  # fixed-batch loss after overfitting < 0.97 x before (tiny models: 0.47-0.93)
 EVAL_T = (0.25, 0.5, 0.75)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU run much faster single-threaded (and bitwise reproducibly)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _names(blocks: list[str], parts: list[str]) -> frozenset[str]:

@@ -171,26 +171,36 @@ def bench_layers(bench: Bench, device: str, repeat: int) -> None:
 
 def bench_layer(bench: Bench, algo: str, weight: torch.Tensor, device: str, repeat: int) -> None:
     """One algorithm on one layer: ours, ComfyUI's ``calculate_weight``, and ``weight += ΔW`` precomputed."""
+    label = f"{algo} {weight.shape[0]}x{weight.shape[1]} {device}"
+    mine, ref, floor = time_patch_three_ways(bench, algo, weight, label, repeat, check=True)
+    bench.ratio(f"{label}: vs ComfyUI calculate_weight", mine, ref, 0.7)
+    bench.ratio(f"{label}: vs in-place add of precomputed ΔW", mine, floor, 1.5)
+
+
+def time_patch_three_ways(
+    bench: Bench, algo: str, weight: torch.Tensor, label: str, repeat: int, rank: int = 16, check: bool = False
+):
+    """Time, round-robin, HadaKron's in-place patch, ComfyUI's ``calculate_weight`` and ``weight += ΔW``
+    (ΔW precomputed) for one random ``algo`` adapter on ``weight``; ``(ours, comfy, floor)`` timings."""
     import comfy.lora  # noqa: TID251 (the native reference side)
 
-    shape = tuple(weight.shape)
-    ours, tensors = layer_adapter(algo, shape, device)
+    shape, device = tuple(weight.shape), str(weight.device)
+    ours, tensors = layer_adapter(algo, shape, device, rank=rank)
     scale = module_scale(ours)
     patches = [(1.0, comfy_adapter(algo, tensors), 1.0, None, None)]
-    _check_agreement(bench, algo, shape, weight, ours, scale, patches)
-    delta = ours.delta(shape, device=device) * scale
-    label = f"{algo} {shape[0]}x{shape[1]} {device}"
+    if check:
+        _check_agreement(bench, algo, shape, weight, ours, scale, patches)
+    delta = ours.delta(shape, device=weight.device) * scale
     with torch.inference_mode():
-        mine, ref, floor = bench.time_interleaved(
+        timings = bench.time_interleaved(
             {
                 f"hadakron {label}": lambda: apply_to_weight(ours, weight, 1.0, scale),
                 f"comfy {label}": lambda: comfy.lora.calculate_weight(patches, weight, "m"),
                 f"add precomputed ΔW {label}": lambda: weight.add_(delta),
             },
             repeat,
-        ).values()
-    bench.ratio(f"{label}: vs ComfyUI calculate_weight", mine, ref, 0.7)
-    bench.ratio(f"{label}: vs in-place add of precomputed ΔW", mine, floor, 1.5)
+        )
+    return tuple(timings.values())
 
 
 def _check_agreement(bench: Bench, algo, shape, weight, ours, scale, patches) -> None:

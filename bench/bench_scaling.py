@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hadakron.adapters import ModuleAdapter, apply_to_weight, bypass_forward, module_scale
+from hadakron.adapters import ModuleAdapter, bypass_forward
 
-from .bench_patch import comfy_adapter, layer_adapter, load_comfyui
+from .bench_patch import layer_adapter, load_comfyui, time_patch_three_ways
 from .harness import Bench
 from .plots import line_plot
 
@@ -27,23 +27,9 @@ os.environ.setdefault("LYCORIS_KERNEL_BACKEND", "torch")
 
 
 def _patch_points(bench: Bench, algo: str, shape, rank: int, repeat: int, factor_note: str = "") -> dict:
-    import comfy.lora  # noqa: TID251 (native reference side)
-
     weight = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    ours, tensors = layer_adapter(algo, shape, "cpu", rank=rank)
-    scale = module_scale(ours)
-    patches = [(1.0, comfy_adapter(algo, tensors), 1.0, None, None)]
-    delta = ours.delta(shape) * scale
     label = f"{algo} {shape[0]}x{shape[1]} r{rank}{factor_note}"
-    with torch.inference_mode():
-        mine, native, floor = bench.time_interleaved(
-            {
-                f"hadakron {label}": lambda: apply_to_weight(ours, weight, 1.0, scale),
-                f"comfy {label}": lambda: comfy.lora.calculate_weight(patches, weight, "m"),
-                f"floor {label}": lambda: weight.add_(delta),
-            },
-            repeat,
-        ).values()
+    mine, native, floor = time_patch_three_ways(bench, algo, weight, label, repeat, rank=rank)
     bench.ratio(f"patch {label}: vs ComfyUI", mine, native)
     bench.ratio(f"patch {label}: vs floor", mine, floor)
     return {"hadakron": mine.median, "comfy native": native.median, "add precomputed ΔW": floor.median}

@@ -17,6 +17,7 @@ import pytest
 
 from comfy_runtime import PACK_DIR_NAME, REPO_ROOT, TEST_PACK_DIR_NAME
 from comfy_server import ComfyServerError, comfy_server
+from graphs import ksampler, tiny_wan_inputs
 from tiny_models import write_tiny_wan_file
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -104,28 +105,8 @@ def test_test_nodes_are_registered(server):
 def tiny_wan_graph(steps: int = 2) -> dict:
     """UNETLoader(tiny WAN 2.1) -> KSampler(euler/simple, cfg 1) on a 32x32x1 latent -> latent stats."""
     return {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": TINY_WAN_NAME, "weight_dtype": "default"}},
-        "2": {"class_type": "HadaKronTestSyntheticConditioning", "inputs": {"seed": 1, "length": 8}},
-        "3": {"class_type": "HadaKronTestSyntheticConditioning", "inputs": {"seed": 2, "length": 8}},
-        "4": {
-            "class_type": "EmptyHunyuanLatentVideo",
-            "inputs": {"width": 32, "height": 32, "length": 1, "batch_size": 1},
-        },
-        "5": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["1", 0],
-                "seed": 0,
-                "steps": steps,
-                "cfg": 1.0,
-                "sampler_name": "euler",
-                "scheduler": "simple",
-                "positive": ["2", 0],
-                "negative": ["3", 0],
-                "latent_image": ["4", 0],
-                "denoise": 1.0,
-            },
-        },
+        **tiny_wan_inputs(TINY_WAN_NAME),
+        "5": ksampler(["1", 0], seed=0, steps=steps),
         "6": {"class_type": "HadaKronTestLatentStats", "inputs": {"samples": ["5", 0]}},
     }
 

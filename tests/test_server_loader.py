@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from comfy_server import comfy_server
+from graphs import ksampler, tiny_wan_inputs
 from hadakron.cli import main
 from hadakron.common.tensor_files import read_safetensors_header
 from loader_helpers import factors
@@ -58,15 +59,7 @@ def server(comfy, tmp_path_factory):
 def sample_graph(unet: str, adapter: str | None, prefix: str) -> dict:
     """UNETLoader [-> HadaKronLoadAdapter] -> KSampler (fixed seed, synthetic conditioning) -> SaveLatent."""
     model = ["1", 0]
-    graph = {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}},
-        "2": {"class_type": "HadaKronTestSyntheticConditioning", "inputs": {"seed": 1, "length": 8}},
-        "3": {"class_type": "HadaKronTestSyntheticConditioning", "inputs": {"seed": 2, "length": 8}},
-        "4": {
-            "class_type": "EmptyHunyuanLatentVideo",
-            "inputs": {"width": 32, "height": 32, "length": 1, "batch_size": 1},
-        },
-    }
+    graph = tiny_wan_inputs(unet)
     if adapter is not None:
         graph["7"] = {
             "class_type": "HadaKronLoadAdapter",
@@ -81,21 +74,7 @@ def sample_graph(unet: str, adapter: str | None, prefix: str) -> dict:
             },
         }
         model = ["7", 0]
-    graph["5"] = {
-        "class_type": "KSampler",
-        "inputs": {
-            "model": model,
-            "seed": 42,
-            "steps": 3,
-            "cfg": 1.0,
-            "sampler_name": "euler",
-            "scheduler": "simple",
-            "positive": ["2", 0],
-            "negative": ["3", 0],
-            "latent_image": ["4", 0],
-            "denoise": 1.0,
-        },
-    }
+    graph["5"] = ksampler(model, seed=42, steps=3)
     graph["6"] = {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": f"latents/{prefix}"}}
     return graph
 

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from comfy_server import comfy_server
+from graphs import ksampler, tiny_wan_inputs
 from tiny_models import write_tiny_wan_file, write_tiny_wan_vae
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -53,33 +54,13 @@ def _defaults(server, node_id: str) -> dict:
 def _graph(server, data_nodes: dict, data_inputs: dict, name: str) -> dict:
     train = _defaults(server, "HadaKronTrainAdapter") | TRAIN | {"output_name": name}
     return {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": WAN, "weight_dtype": "default"}},
-        "2": {"class_type": "HadaKronTestSyntheticConditioning", "inputs": {"seed": 1, "length": 8}},
-        "3": {"class_type": "HadaKronTestSyntheticConditioning", "inputs": {"seed": 2, "length": 8}},
-        "4": {
-            "class_type": "EmptyHunyuanLatentVideo",
-            "inputs": {"width": 32, "height": 32, "length": 1, "batch_size": 1},
-        },
+        **tiny_wan_inputs(WAN),
         **data_nodes,
         "7": {
             "class_type": "HadaKronTrainAdapter",
             "inputs": train | {"model": ["1", 0], "positive": ["2", 0]} | data_inputs,
         },
-        "8": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["7", 0],
-                "seed": 0,
-                "steps": 2,
-                "cfg": 1.0,
-                "sampler_name": "euler",
-                "scheduler": "simple",
-                "positive": ["2", 0],
-                "negative": ["3", 0],
-                "latent_image": ["4", 0],
-                "denoise": 1.0,
-            },
-        },
+        "8": ksampler(["7", 0], seed=0, steps=2),
         "9": {"class_type": "HadaKronTestLatentStats", "inputs": {"samples": ["8", 0]}},
     }
 
